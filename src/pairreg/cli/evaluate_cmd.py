@@ -1,0 +1,34 @@
+"""``pairreg evaluate RUN_DIR_OR_CKPT [--split test] [--json]``: per-target MAE in reporting units."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub):
+    p = sub.add_parser("evaluate", help="per-target MAE of a trained model on a split")
+    p.add_argument("checkpoint", help="run directory or .ckpt file")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run directory")
+    p.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    from ..evaluation.evaluate import mae_per_target
+    from ..training.checkpoint import load_model
+    from ..training.datamodule import build_splits
+
+    model, info = load_model(args.checkpoint, args.which)
+    cfg = info["config"]
+    ds, split = build_splits(cfg)
+    maes = mae_per_target(model, ds.subset(split[args.split]), cfg.batch_size)
+    units = dict(zip(info["target_names"], info["target_units"]))
+    result = {"checkpoint": info["path"], "split": args.split, "molecules": int(len(split[args.split])),
+              "mae": {name: {"value": v, "unit": units[name]} for name, v in maes.items()}}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{info['path']}: {args.split} split, {result['molecules']} molecules")
+        for name, v in maes.items():
+            print(f"  {name:>6} MAE {v:.4f} {units[name]}")
+    return 0

@@ -1,0 +1,36 @@
+"""Entry point: ``pairreg {train,evaluate,predict,data} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import data_cmd, evaluate_cmd, predict_cmd, train_cmd
+
+COMMANDS = {"train": train_cmd, "evaluate": evaluate_cmd, "predict": predict_cmd, "data": data_cmd}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pairreg", description="Deep equivariant GNNs on 3D molecules, with PairReg.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    from ..config import ConfigError
+    from ..data.qm9 import QM9Error
+    from ..data.readers import InputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args) or 0
+    except (ConfigError, InputError, QM9Error, FileNotFoundError, ValueError) as err:
+        # Expected user-facing failures: one line, no traceback.
+        print(f"pairreg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``pairreg train --preset NAME [--config FILE] [--set key=value ...] [--out DIR]``."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("train", help="train a model from a preset and overrides")
+    p.add_argument("--preset", help="shipped preset (qm9-demo, qm9-cpu, qm9-egnn, qm9-paper)")
+    p.add_argument("--config", help="YAML file of config keys, applied after the preset")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--out", help="parent folder of the run directory (config key `out`)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def run(args) -> int:
+    from ..config import dump_yaml, load_config
+
+    overrides = list(args.set) + ([f"out={args.out}"] if args.out else [])
+    cfg = load_config(args.preset, overrides, args.config)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    from ..training.run import train
+
+    summary = train(cfg)
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"best epoch: {summary['best_epoch']} of {summary['epochs']}"]
+    for split in ("val", "test"):
+        for key, value in summary.get(split, {}).items():
+            if key.endswith("mae_std"):
+                continue
+            name, unit = key.split("/", 1)[1].split("_mae_")
+            lines.append(f"{split} MAE {name}: {value:.4f} {unit.replace('_per_', '/')}")
+    lines.append(f"wall time: {summary['wall_time_s'] / 60:.1f} min")
+    lines.append(f"run directory: {summary['run_dir']} (config.yaml, split.npz, checkpoints/, logs/, metrics.json)")
+    return "\n".join(lines)

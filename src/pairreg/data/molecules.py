@@ -1,0 +1,115 @@
+"""A flat, in-memory set of molecules and the batch it collates into.
+
+Atoms of all molecules are stored back to back (``z``, ``pos_A``) with an offset per
+molecule, so a batch is a few slices and one concatenation: no per-molecule Python objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .graphs import complete_graph_edges
+
+
+@dataclass
+class MoleculeBatch:
+    """A batch of molecules, each a complete graph without self-loops.
+
+    Attributes (shapes beside):
+        z:          (n_atoms,) long, atomic numbers
+        pos:        (n_atoms, 3) float, coordinates in Å
+        batch:      (n_atoms,) long, molecule index of each atom
+        edge_index: (2, n_edges) long, rows (i, j): message from j to i, sorted by i
+        n_atoms:    (n_mols,) long
+        y:          (n_mols, n_targets) float in reporting units, or None
+        idx:        (n_mols,) long, index of each molecule in its dataset
+    """
+
+    z: torch.Tensor
+    pos: torch.Tensor
+    batch: torch.Tensor
+    edge_index: torch.Tensor
+    n_atoms: torch.Tensor
+    y: torch.Tensor | None = None
+    idx: torch.Tensor | None = None
+
+    @property
+    def num_molecules(self) -> int:
+        return int(self.n_atoms.numel())
+
+    def to(self, device) -> "MoleculeBatch":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return MoleculeBatch(**moved)
+
+
+def make_batch(zs, positions, ys=None, idx=None, dtype=torch.float32) -> MoleculeBatch:
+    """Collate lists of per-molecule arrays (z: (n,), pos: (n, 3)) into a :class:`MoleculeBatch`."""
+    n_atoms = np.array([len(z) for z in zs], dtype=np.int64)
+    z = torch.from_numpy(np.concatenate(zs).astype(np.int64))
+    pos = torch.from_numpy(np.concatenate(positions).astype(np.float64)).to(dtype)
+    batch = torch.from_numpy(np.repeat(np.arange(len(n_atoms)), n_atoms))
+    edge_index = torch.from_numpy(complete_graph_edges(n_atoms))
+    y = None if ys is None else torch.as_tensor(np.asarray(ys), dtype=dtype)
+    idx_t = None if idx is None else torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    return MoleculeBatch(z, pos, batch, edge_index, torch.from_numpy(n_atoms), y, idx_t)
+
+
+class MoleculeSet(torch.utils.data.Dataset):
+    """Molecules stored flat. ``y`` is (n_mols, n_targets) in the reporting units of ``target_units``.
+
+    Indexing returns the molecule index; :meth:`collate` builds the batch, so a
+    ``DataLoader(ds, batch_size=..., collate_fn=ds.collate)`` works as usual.
+    """
+
+    def __init__(self, z, pos, n_atoms, y, target_names, target_units, mol_ids=None):
+        self.z = np.asarray(z, dtype=np.uint8)
+        self.pos = np.asarray(pos, dtype=np.float32)
+        self.n_atoms = np.asarray(n_atoms, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.n_atoms)])
+        self.y = np.asarray(y, dtype=np.float64).reshape(len(self.n_atoms), -1)
+        self.target_names = list(target_names)
+        self.target_units = list(target_units)
+        self.mol_ids = np.arange(len(self.n_atoms)) if mol_ids is None else np.asarray(mol_ids)
+        if len(self.z) != self.offsets[-1] or len(self.pos) != self.offsets[-1]:
+            raise ValueError("z/pos length does not match the sum of n_atoms")
+
+    def __len__(self) -> int:
+        return len(self.n_atoms)
+
+    def __getitem__(self, i: int) -> int:
+        return int(i)
+
+    def atoms(self, i: int):
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.z[a:b], self.pos[a:b]
+
+    def collate(self, indices) -> MoleculeBatch:
+        indices = np.asarray(indices, dtype=np.int64)
+        zs, ps = zip(*(self.atoms(i) for i in indices))
+        return make_batch(zs, ps, self.y[indices], indices)
+
+    def subset(self, indices) -> "MoleculeSet":
+        """A new set holding only ``indices`` (copies the atoms, keeps target metadata)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        atom_idx = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices]) if len(indices) else np.zeros(0, np.int64)
+        return MoleculeSet(
+            self.z[atom_idx], self.pos[atom_idx], self.n_atoms[indices], self.y[indices],
+            self.target_names, self.target_units, self.mol_ids[indices],
+        )
+
+    def select_targets(self, names) -> "MoleculeSet":
+        """Keep only the target columns ``names`` (in that order)."""
+        cols = []
+        for name in names:
+            if name not in self.target_names:
+                raise KeyError(f"unknown target {name!r}; this dataset has {self.target_names}")
+            cols.append(self.target_names.index(name))
+        out = MoleculeSet.__new__(MoleculeSet)
+        out.__dict__.update(self.__dict__)
+        out.y = self.y[:, cols]
+        out.target_names = [self.target_names[c] for c in cols]
+        out.target_units = [self.target_units[c] for c in cols]
+        return out

@@ -1,0 +1,143 @@
+"""The molecule model: atom embedding → EGNN backbone (+ mitigation) → readout → physical units.
+
+A plain ``nn.Module`` taking tensors::
+
+    model = MoleculeModel(n_targets=1, n_layers=9, mitigation="pairreg")
+    y_std, record = model(z, pos, batch)          # standardised predictions + per-layer record
+    y = model.predict(z, pos, batch)              # in the targets' reporting units
+
+Target mean and scale are buffers, so a saved model predicts physical units by itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.graphs import complete_graph_edges
+from .backbones.egnn import EGNNBackbone
+from .mitigations import GraphContext, build_mitigation
+
+DEFAULT_ELEMENTS = (1, 6, 7, 8, 9)  # H, C, N, O, F
+
+
+class UnknownElementError(ValueError):
+    """An atomic number the model has no embedding for."""
+
+
+class AtomFeatures(nn.Module):
+    """EGNN's QM9 node features: one-hot(element) × (Z / charge_scale)^p for p = 0 … charge_power."""
+
+    def __init__(self, elements=DEFAULT_ELEMENTS, charge_scale: float = 9.0, charge_power: int = 2):
+        super().__init__()
+        self.elements = tuple(int(e) for e in elements)
+        lookup = torch.full((max(self.elements) + 1,), -1, dtype=torch.long)
+        lookup[list(self.elements)] = torch.arange(len(self.elements))
+        self.register_buffer("lookup", lookup, persistent=False)
+        self.charge_scale = charge_scale
+        self.charge_power = charge_power
+        self.dim = len(self.elements) * (charge_power + 1)
+
+    def forward(self, z: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        bad = (z < 0) | (z >= len(self.lookup))
+        idx = self.lookup[z.clamp(0, len(self.lookup) - 1)]
+        if bool((bad | (idx < 0)).any()):
+            unknown = sorted({int(v) for v in z[bad | (idx < 0)].tolist()})
+            raise UnknownElementError(f"atomic number(s) {unknown} not known to this model (it knows {list(self.elements)})")
+        one_hot = nn.functional.one_hot(idx, len(self.elements)).to(dtype)  # (n_atoms, n_elements)
+        powers = (z.to(dtype) / self.charge_scale).unsqueeze(-1) ** torch.arange(self.charge_power + 1, device=z.device)
+        return (one_hot.unsqueeze(-1) * powers.unsqueeze(1)).flatten(1)  # (n_atoms, n_elements * (power+1))
+
+
+def complete_graph(batch: torch.Tensor, n_molecules: int | None = None) -> torch.Tensor:
+    """Edge index (2, n_edges) of the complete graph inside each molecule; atoms must be grouped by molecule."""
+    counts = torch.bincount(batch, minlength=n_molecules or 0).cpu().numpy()
+    return torch.from_numpy(complete_graph_edges(counts)).to(batch.device)
+
+
+class MoleculeModel(nn.Module):
+    """EGNN-style molecular property model with a pluggable oversmoothing mitigation.
+
+    Args:
+        n_targets: number of graph-level outputs (default 1).
+        hidden: feature width H (default 128, as EGNN).
+        n_layers: number of EGCLs (default 9, PairReg's depth; EGNN used 7).
+        mitigation: registered name, ``"pairreg"`` (default), ``"none"``, ``"residual"``.
+        mitigation_options: keyword options of the mitigation (e.g. ``{"reg_weight": 1.0}``).
+        node_attr: concatenate the input atom features into φ_h of every layer (EGNN's QM9 model; default True).
+        coord_act: hidden activation of φ_x, ``"tanh"`` (default) or ``"silu"``.
+        elements, charge_power: atom features (default H, C, N, O, F and powers 0..2 of Z/9).
+        target_mean, target_scale: per-target standardisation (reporting units); prediction = mean + scale · output.
+    """
+
+    def __init__(
+        self,
+        n_targets: int = 1,
+        hidden: int = 128,
+        n_layers: int = 9,
+        mitigation: str = "pairreg",
+        mitigation_options: dict | None = None,
+        node_attr: bool = True,
+        coord_act: str = "tanh",
+        elements=DEFAULT_ELEMENTS,
+        charge_power: int = 2,
+        target_mean=None,
+        target_scale=None,
+    ):
+        super().__init__()
+        self.features = AtomFeatures(elements, charge_power=charge_power)
+        self.embedding = nn.Linear(self.features.dim, hidden)
+        self.node_attr = node_attr
+        mit = build_mitigation(mitigation, n_layers, hidden, **(mitigation_options or {}))
+        self.backbone = EGNNBackbone(n_layers, hidden, mit, self.features.dim if node_attr else 0, coord_act)
+        self.node_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.graph_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_targets))
+        mean = torch.zeros(n_targets) if target_mean is None else torch.as_tensor(np.asarray(target_mean), dtype=torch.float64)
+        scale = torch.ones(n_targets) if target_scale is None else torch.as_tensor(np.asarray(target_scale), dtype=torch.float64)
+        self.register_buffer("target_mean", mean.reshape(n_targets).to(torch.float64))
+        self.register_buffer("target_scale", scale.reshape(n_targets).to(torch.float64))
+
+    @property
+    def mitigation(self):
+        return self.backbone.mitigation
+
+    def forward(self, z, pos, batch, edge_index=None, n_molecules: int | None = None):
+        """
+        Args:
+            z: (n_atoms,) atomic numbers; pos: (n_atoms, 3) Å; batch: (n_atoms,) molecule index,
+            atoms grouped by molecule; edge_index: (2, n_edges) or None for the complete graphs.
+        Returns:
+            y_std: (n_molecules, n_targets) standardised predictions; record: per-layer (h, x).
+        """
+        if n_molecules is None:
+            n_molecules = int(batch.max()) + 1 if batch.numel() else 0
+        if edge_index is None:
+            edge_index = complete_graph(batch, n_molecules)
+        counts = torch.bincount(batch, minlength=n_molecules)  # (n_molecules,)
+        inv_deg = (1.0 / (counts - 1).clamp(min=1).to(pos.dtype))[batch].unsqueeze(-1)  # (n_atoms, 1) C = 1/(N−1)
+        attr = self.features(z, pos.dtype)  # (n_atoms, F)
+        h = self.embedding(attr)  # (n_atoms, H)
+        graph = GraphContext(batch, edge_index, n_molecules)
+        h, x, record = self.backbone(h, pos, edge_index, inv_deg, graph, attr if self.node_attr else None)
+        node = self.node_head(h)  # (n_atoms, H)
+        pooled = torch.zeros(n_molecules, node.shape[1], dtype=node.dtype, device=node.device).index_add_(0, batch, node)
+        y_std = self.graph_head(pooled)  # (n_molecules, n_targets)
+        record.graph = graph
+        return y_std, record
+
+    def to_physical(self, y_std: torch.Tensor) -> torch.Tensor:
+        """Standardised outputs → reporting units (float64)."""
+        return self.target_mean + self.target_scale * y_std.to(torch.float64)
+
+    def to_standard(self, y: torch.Tensor) -> torch.Tensor:
+        return ((y.to(torch.float64) - self.target_mean) / self.target_scale).to(torch.get_default_dtype())
+
+    @torch.no_grad()
+    def predict(self, z, pos, batch, edge_index=None, n_molecules=None) -> torch.Tensor:
+        """(n_molecules, n_targets) predictions in reporting units."""
+        y_std, _ = self(z, pos, batch, edge_index, n_molecules)
+        return self.to_physical(y_std)
+
+    def extra_loss(self, record):
+        return self.mitigation.extra_loss(record, record.graph)

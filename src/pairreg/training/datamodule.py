@@ -1,0 +1,61 @@
+"""Dataset → fixed split → batches, as a Lightning DataModule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data import qm9
+from ..data.molecules import MoleculeSet
+
+
+def build_splits(cfg: Config, dataset: MoleculeSet | None = None) -> tuple[MoleculeSet, dict[str, np.ndarray]]:
+    """The dataset with ``cfg.targets`` and the split indices (after subsetting), in split order."""
+    ds = dataset if dataset is not None else qm9.load_qm9(cfg.targets)
+    split = qm9.egnn_split(len(ds), cfg.split_seed)
+    limits = {"train": cfg.subset_train, "val": cfg.subset_val, "test": cfg.subset_test}
+    split = {k: (v[: limits[k]] if limits[k] else v) for k, v in split.items()}
+    return ds, split
+
+
+def target_statistics(ds: MoleculeSet, train_idx) -> tuple[np.ndarray, np.ndarray]:
+    """EGNN's standardisation: training mean and mean absolute deviation per target."""
+    y = ds.y[train_idx]
+    mean = y.mean(0)
+    mad = np.abs(y - mean).mean(0)
+    return mean, np.where(mad > 0, mad, 1.0)
+
+
+class MoleculeDataModule(L.LightningDataModule):
+    def __init__(self, cfg: Config, dataset: MoleculeSet | None = None, split: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        if split is None:
+            dataset, split = build_splits(cfg, dataset)
+        self.dataset = dataset
+        self.split = split
+        self.sets = {k: dataset.subset(v) for k, v in split.items()}
+
+    def save_split(self, path: Path) -> None:
+        np.savez(path, **{k: self.dataset.mol_ids[v] for k, v in self.split.items()},
+                 **{f"{k}_position": v for k, v in self.split.items()})
+
+    def loader(self, name: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
+        ds = self.sets[name]
+        return torch.utils.data.DataLoader(
+            ds, batch_size=self.cfg.batch_size, shuffle=shuffle, collate_fn=ds.collate,
+            num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
+        )
+
+    def train_dataloader(self):
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self.loader("val")
+
+    def test_dataloader(self):
+        return self.loader("test")

@@ -1,0 +1,21 @@
+"""Total loss = task loss on standardised targets + the mitigation's regulariser (λ inside it)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def task_loss(y_std_pred: torch.Tensor, y_std_true: torch.Tensor) -> torch.Tensor:
+    """L1 on standardised targets (EGNN's QM9 loss), averaged over molecules and targets."""
+    return (y_std_pred - y_std_true).abs().mean()
+
+
+def total_loss(model, y_std_pred, y_std_true, record) -> tuple[torch.Tensor, dict]:
+    """(loss, parts) where parts holds the detached task and regulariser terms for logging."""
+    task = task_loss(y_std_pred, y_std_true)
+    reg = model.extra_loss(record)
+    loss = task if reg is None else task + reg
+    parts = {"task": task.detach()}
+    if reg is not None:
+        parts["reg"] = reg.detach()
+    return loss, parts
