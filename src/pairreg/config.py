@@ -129,6 +129,11 @@ def _coerce(key: str, value, source: str):
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
         return value
     if base == "float":
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
         return float(value)

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from pairreg.config import ConfigError, load_config, preset_names
+from pairreg.data.molecules import make_batch
+from pairreg.testing.equivariance import random_molecules
+from pairreg.training.losses import total_loss
+from pairreg.training.module import build_model, lr_factor
+import numpy as np
+
+
+def test_presets_shipped():
+    assert {"qm9-demo", "qm9-cpu", "qm9-egnn", "qm9-paper"} <= set(preset_names())
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_builds_and_trains_one_step(preset):
+    cfg = load_config(preset)
+    model = build_model(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    zs, ps = random_molecules([5, 8], np.random.default_rng(0))
+    b = make_batch(zs, ps, ys=np.zeros((2, len(cfg.targets))))
+    before = [p.detach().clone() for p in model.parameters()]
+    y, rec = model(b.z, b.pos, b.batch, b.edge_index, 2)
+    loss, _ = total_loss(model, y, model.to_standard(b.y), rec)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_paper_preset_is_the_papers_schedule():
+    cfg = load_config("qm9-paper")
+    assert (cfg.optimizer, cfg.batch_size, cfg.epochs, cfg.warmup_epochs, cfg.lr, cfg.lr_min, cfg.n_layers) == (
+        "adam", 64, 1000, 250, 1e-4, 1e-8, 9)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["n_layer=3"], "Did you mean 'n_layers'"),
+    (["lr=fast"], "lr must be a number"),
+    (["n_layers=0"], "n_layers must be > 0"),
+    (["targets=homo,gapp"], "Did you mean 'gap'"),
+    (["mitigation=pairnorm"], "unknown mitigation"),
+    (["mitigation=none", "reg_weight=1"], "do not apply to mitigation 'none'"),
+    (["update_coords=false", "reg_target=previous"], "update_coords is off"),
+    (["warmup_epochs=20", "epochs=10"], "exceeds epochs"),
+    (["lr"], "expected key=value"),
+])
+def test_bad_overrides_name_the_field(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("qm9-demo", overrides)
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    f = tmp_path / "my.yaml"
+    f.write_text("hiden: 3\n")
+    with pytest.raises(ConfigError, match=r"my.yaml: unknown key 'hiden'. Did you mean 'hidden'"):
+        load_config(None, [], f)
+
+
+def test_overrides_parse_types():
+    cfg = load_config("qm9-demo", ["targets=homo,gap", "lr=2e-4", "update_coords=true", "reg_weight=2"])
+    assert cfg.targets == ["homo", "gap"] and cfg.lr == 2e-4 and cfg.update_coords is True and cfg.reg_weight == 2.0
+
+
+def test_warmup_cosine_schedule():
+    f = [lr_factor(s, 100, 10, "warmup-cosine", 1e-4, 1e-8) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert max(f) == pytest.approx(1.0) and f[-1] < 0.01 and f[-1] >= 1e-4
+    assert all(a >= b for a, b in zip(f[9:], f[10:]))
