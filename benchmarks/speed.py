@@ -1,0 +1,247 @@
+"""CPU training / inference throughput of pairreg's model against the PyPI peer ``egnn_pytorch``.
+
+What is measured (molecules per second, median over ``--repeats``):
+  * train: forward + loss (L1 on standardised targets + ``model.extra_loss``, i.e.
+    ``pairreg.training.losses.total_loss``) + backward + Adam step;
+  * infer: forward under ``torch.no_grad()``.
+Each measurement runs ``--warmup`` untimed steps, then ``--steps`` timed ones
+(``time.perf_counter``), and the configurations are interleaved inside each repeat so that
+load from other processes hits them alike. The molecules are the first ``steps × batch`` of
+EGNN's QM9 train split (target ``homo``), the same for every model. All batches are collated
+before timing (our flat graphs with edge lists; the peer's padded tensors + mask), so
+collation is excluded for both.
+
+Models (hidden 128, depth = each of ``--layers``):
+  * ours ``none``: ``MoleculeModel(mitigation="none")``, plain EGNN as on QM9 (no coordinate updates);
+  * ours ``pairreg``: ``MoleculeModel(mitigation="pairreg")`` (coordinate updates + regulariser);
+  * peer ``egnn-pytorch``: a stack of ``egnn_pytorch.EGNN`` layers (dim 128, m_dim 128,
+    soft_edges=True, num_nearest_neighbors=0 i.e. fully connected, norm_feats/norm_coors off,
+    ``update_coors=False``), between a Linear 15→128 embedding of our atom features and our
+    readout (node MLP, masked sum pool, graph MLP). ``EGNN_Network`` is not used: it forces
+    LayerNorm (norm_feats=True). ``egnn-pytorch+x`` is the same with ``update_coors=True``; the
+    ``pairreg`` rows are compared with it, the ``none`` rows with ``egnn-pytorch``.
+Peer differences from EGNN that its options cannot remove: edge MLP hidden width 2·(2·128+1)=514
+(EGNN: 128) and coordinate MLP hidden 4·m_dim=512 (EGNN: 128); the first edge layer runs on the
+concatenated [h_i‖h_j‖d²] per pair (ours splits it per atom); dense (B, N_max, N_max) pairs, so
+padding pairs and the i=j self-pair are computed (then masked); node update always adds a
+residual and has no node-attribute input; no 1/(N−1) coordinate normalisation; weights are
+initialised N(0, 1e-3). ``EGNN_Sparse`` would take edge lists but needs torch_geometric.
+
+FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over all timed batches
+(forward, and forward+backward of the loss); it counts matmul-like ops only (mm/addmm/bmm,
+einsum through bmm), not index_add/gather/elementwise ops, so "achieved" rates are lower bounds.
+The reference rate is a 1024×1024 @ 1024×1024 float32 matmul at the same thread count.
+
+Run:  .venv/bin/python benchmarks/speed.py   (PAIRREG_CACHE picks the parsed-QM9 cache folder)
+The last line is ``train_speedup_vs_egnn_pytorch=<ratio>``: ours ``none`` vs ``egnn-pytorch``, 7 layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from egnn_pytorch import EGNN
+from pairreg.data.qm9 import egnn_split, load_qm9
+from pairreg.models import MoleculeModel
+from pairreg.models.model import AtomFeatures
+from pairreg.training.losses import total_loss, task_loss
+
+PEER = "egnn-pytorch"
+
+
+class EGNNPytorchPeer(nn.Module):
+    """Linear embedding → stack of egnn_pytorch.EGNN (dense, fully connected) → our readout."""
+
+    def __init__(self, in_dim: int, hidden: int, n_layers: int, update_coors: bool):
+        super().__init__()
+        self.embedding = nn.Linear(in_dim, hidden)
+        self.layers = nn.ModuleList(
+            EGNN(dim=hidden, m_dim=hidden, soft_edges=True, num_nearest_neighbors=0, norm_feats=False,
+                 norm_coors=False, update_coors=update_coors, update_feats=True)
+            for _ in range(n_layers)
+        )
+        self.node_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.graph_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, feats, coors, mask):
+        h = self.embedding(feats)  # (B, N, H)
+        for layer in self.layers:
+            h, coors = layer(h, coors, mask=mask)
+        node = self.node_head(h) * mask.unsqueeze(-1)  # (B, N, H), padding zeroed
+        return self.graph_head(node.sum(1))  # (B, 1)
+
+
+def padded(b, features: AtomFeatures):
+    """(feats (B, N_max, 15), coors (B, N_max, 3), mask (B, N_max)) of a MoleculeBatch."""
+    n_mol, n_max = b.num_molecules, int(b.n_atoms.max())
+    offsets = torch.cumsum(b.n_atoms, 0) - b.n_atoms
+    slot = torch.arange(len(b.z)) - offsets[b.batch]  # position of each atom inside its molecule
+    attr = features(b.z)
+    feats = torch.zeros(n_mol, n_max, attr.shape[1])
+    coors = torch.zeros(n_mol, n_max, 3)
+    mask = torch.zeros(n_mol, n_max, dtype=torch.bool)
+    feats[b.batch, slot], coors[b.batch, slot], mask[b.batch, slot] = attr, b.pos, True
+    return feats, coors, mask
+
+
+class Runner:
+    """A model, its Adam optimiser, its pre-collated batches, and one train / infer step."""
+
+    def __init__(self, name, layers, model, batches, is_peer):
+        self.name, self.layers, self.model, self.batches, self.is_peer = name, layers, model, batches, is_peer
+        self.opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+        self.train_times, self.infer_times = [], []
+
+    def forward(self, inp):
+        if self.is_peer:
+            return self.model(*inp), None
+        return self.model(*inp)
+
+    def loss(self, inp, y):
+        pred, record = self.forward(inp)
+        return task_loss(pred, y) if self.is_peer else total_loss(self.model, pred, y, record)[0]
+
+    def train_step(self, inp, y):
+        self.opt.zero_grad(set_to_none=True)
+        self.loss(inp, y).backward()
+        self.opt.step()
+
+    def run(self, train: bool, warmup: int) -> float:
+        """Seconds for one pass over the batches (after ``warmup`` untimed steps)."""
+        self.model.train(train)
+        with torch.set_grad_enabled(train):
+            step = self.train_step if train else (lambda inp, y: self.forward(inp))
+            for k in range(warmup):
+                step(*self.batches[k % len(self.batches)])
+            t0 = time.perf_counter()
+            for inp, y in self.batches:
+                step(inp, y)
+            return time.perf_counter() - t0
+
+    def count_flops(self) -> tuple[float, float]:
+        """(forward, forward+backward) FLOPs summed over all batches."""
+        self.model.train()
+        fwd = FlopCounterMode(display=False)
+        with fwd, torch.no_grad():
+            for inp, _ in self.batches:
+                self.forward(inp)
+        both = FlopCounterMode(display=False)
+        with both:
+            for inp, y in self.batches:
+                self.loss(inp, y).backward()
+        self.opt.zero_grad(set_to_none=True)
+        return fwd.get_total_flops(), both.get_total_flops()
+
+
+def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=96)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, nargs="+", default=[7, 9])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="median over this many measurements")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    ds = load_qm9(targets=["homo"])
+    train_idx = egnn_split(len(ds))["train"]
+    mean, scale = ds.y[train_idx].mean(0), ds.y[train_idx].std(0)
+    chosen = train_idx[: args.steps * args.batch]
+    ours_batches = [ds.collate(chosen[k : k + args.batch]) for k in range(0, len(chosen), args.batch)]
+    features = AtomFeatures()
+    y_std = [torch.as_tensor((b.y.numpy() - mean) / scale, dtype=torch.float32) for b in ours_batches]
+    ours_inputs = [((b.z, b.pos, b.batch, b.edge_index, b.num_molecules), y) for b, y in zip(ours_batches, y_std)]
+    peer_inputs = [(padded(b, features), y) for b, y in zip(ours_batches, y_std)]
+    n_mols = len(chosen)
+    atoms = sum(len(b.z) for b in ours_batches)
+    edges = sum(b.edge_index.shape[1] for b in ours_batches)
+    dense_pairs = sum(f.shape[0] * f.shape[1] ** 2 for (f, _, _), _ in peer_inputs)
+
+    runners = []
+    for L in args.layers:
+        for mit in ("none", "pairreg"):
+            model = MoleculeModel(n_targets=1, hidden=args.hidden, n_layers=L, mitigation=mit,
+                                  target_mean=mean, target_scale=scale)
+            runners.append(Runner(f"ours {mit}", L, model, ours_inputs, is_peer=False))
+        for coords in (False, True):
+            peer = EGNNPytorchPeer(features.dim, args.hidden, L, update_coors=coords)
+            runners.append(Runner(PEER + ("+x" if coords else ""), L, peer, peer_inputs, is_peer=True))
+
+    for _ in range(args.repeats):
+        for r in runners:
+            r.train_times.append(r.run(True, args.warmup))
+            r.infer_times.append(r.run(False, args.warmup))
+    peak = matmul_gflops()
+
+    rows = []
+    for r in runners:
+        fwd, both = r.count_flops()
+        rows.append({"model": r.name, "layers": r.layers,
+                     "train_mol_s": n_mols / statistics.median(r.train_times),
+                     "infer_mol_s": n_mols / statistics.median(r.infer_times),
+                     "fwd_gflop_per_mol": fwd / n_mols / 1e9, "train_gflop_per_mol": both / n_mols / 1e9})
+    by_key = {(row["model"], row["layers"]): row for row in rows}
+    for row in rows:
+        ref = {"ours none": PEER, "ours pairreg": PEER + "+x"}.get(row["model"], row["model"])
+        row["train_ratio_vs_peer"] = row["train_mol_s"] / by_key[(ref, row["layers"])]["train_mol_s"]
+        row["achieved_train_gflop_s"] = row["train_mol_s"] * row["train_gflop_per_mol"]
+
+    print(f"QM9 train split, first {n_mols} molecules in {len(ours_batches)} batches of {args.batch}; "
+          f"{atoms / n_mols:.1f} atoms/mol, {edges / n_mols:.0f} edges/mol (ours), "
+          f"{dense_pairs / n_mols:.0f} dense pairs/mol (peer); threads={args.threads}, "
+          f"steps={args.steps}, warmup={args.warmup}, median of {args.repeats}\n")
+    print("| model | layers | train mol/s | infer mol/s | train ratio vs egnn-pytorch | GFLOP/mol (train) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['model']} | {row['layers']} | {row['train_mol_s']:.1f} | {row['infer_mol_s']:.1f} "
+              f"| {row['train_ratio_vs_peer']:.2f} | {row['train_gflop_per_mol']:.4f} |")
+    print("\nNotes: 'ours none' is compared with egnn-pytorch (update_coors=False), 'ours pairreg' and "
+          "egnn-pytorch+x with egnn-pytorch+x (update_coors=True). egnn-pytorch's own hidden widths are "
+          "fixed (edge MLP 514, coordinate MLP 512), it computes all padded N_max² pairs incl. i=j, and "
+          "adds a node residual: see the module docstring.")
+    print("FLOPs (FlopCounterMode: matmuls only; index_add/gather/elementwise not counted):")
+    for row in rows:
+        print(f"  {row['model']:>16} L={row['layers']}: forward {row['fwd_gflop_per_mol'] * 1e3:.3f} MFLOP/mol, "
+              f"forward+backward {row['train_gflop_per_mol'] * 1e3:.3f} MFLOP/mol "
+              f"({row['train_gflop_per_mol'] / row['fwd_gflop_per_mol']:.2f}x forward)")
+    print(f"Matmul rate (1024^3 float32, {args.threads} threads): {peak:.1f} GFLOP/s")
+    for row in rows:
+        print(f"  {row['model']:>16} L={row['layers']}: training reaches {row['achieved_train_gflop_s']:.2f} GFLOP/s "
+              f"= {100 * row['achieved_train_gflop_s'] / peak:.1f}% of it")
+
+    depth = 7 if 7 in args.layers else args.layers[0]
+    speedup = by_key[("ours none", depth)]["train_ratio_vs_peer"]
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "molecules": n_mols, "matmul_gflop_s": peak, "rows": rows,
+                       "train_speedup_vs_egnn_pytorch": speedup, "speedup_layers": depth}, fh, indent=2)
+    if depth != 7:
+        print(f"(7 layers not measured: the speedup below is for {depth} layers)")
+    print(f"train_speedup_vs_egnn_pytorch={speedup:.2f}")
+
+
+if __name__ == "__main__":
+    main()
