@@ -25,7 +25,8 @@ Peer differences from EGNN that its options cannot remove: edge MLP hidden width
 concatenated [h_i‖h_j‖d²] per pair (ours splits it per atom); dense (B, N_max, N_max) pairs, so
 padding pairs and the i=j self-pair are computed (then masked); node update always adds a
 residual and has no node-attribute input; no 1/(N−1) coordinate normalisation; weights are
-initialised N(0, 1e-3). ``EGNN_Sparse`` would take edge lists but needs torch_geometric.
+initialised N(0, 1e-3). The package's edge-list variant ``EGNN_Sparse`` (torch_geometric
+MessagePassing) is not measured here yet.
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over all timed batches
 (forward, and forward+backward of the loss); it counts matmul-like ops only (mm/addmm/bmm,
