@@ -40,7 +40,7 @@ def test_paper_preset_is_the_papers_schedule():
     (["lr=fast"], "lr must be a number"),
     (["n_layers=0"], "n_layers must be > 0"),
     (["targets=homo,gapp"], "Did you mean 'gap'"),
-    (["mitigation=pairnorm"], "unknown mitigation"),
+    (["mitigation=pairnormm"], "Did you mean .pairnorm."),
     (["mitigation=none", "reg_weight=1"], "do not apply to mitigation 'none'"),
     (["update_coords=false", "reg_target=previous"], "update_coords is off"),
     (["warmup_epochs=20", "epochs=10"], "exceeds epochs"),

@@ -21,6 +21,11 @@ VARIANTS = {
     "pairreg-noise": ("pairreg", {"coord_noise": 0.1}),
     "pairreg-node-only": ("pairreg", {"ablation": "node-only"}),
     "pairreg-coord-only": ("pairreg", {"ablation": "coord-only"}),
+    "pairnorm": ("pairnorm", {}),
+    "pairnorm-si": ("pairnorm", {"pairnorm_mode": "pn-si"}),
+    "pairnorm-scs": ("pairnorm", {"pairnorm_mode": "pn-scs", "pairnorm_scale": 2.0}),
+    "g2": ("g2", {}),
+    "g2-mean-coords": ("g2", {"g2_aggregation": "mean", "g2_p": 1.5, "update_coords": True}),
 }
 
 
@@ -78,13 +83,14 @@ def test_battery_catches_a_broken_model():
 
 
 @pytest.mark.parametrize("depth", [2, 9])
-@pytest.mark.parametrize("variant", ["none", "residual", "pairreg", "pairreg-dense", "pairreg-replace-all-previous"])
+@pytest.mark.parametrize("variant", ["none", "residual", "pairreg", "pairreg-dense", "pairreg-replace-all-previous",
+                                     "pairnorm", "pairnorm-si", "pairnorm-scs", "g2", "g2-mean-coords"])
 def test_batched_equals_unbatched(variant, depth):
     assert_batch_independent(perturb_coord_weights(make_model(variant, depth)))
 
 
 @pytest.mark.parametrize("depth", [9, 16])
-@pytest.mark.parametrize("variant", ["none", "pairreg", "pairreg-replace-all-previous"])
+@pytest.mark.parametrize("variant", ["none", "pairreg", "pairreg-replace-all-previous", "pairnorm-scs", "g2"])
 def test_finite_outputs_and_gradients_at_depth_with_coincident_atoms(variant, depth):
     model = make_model(variant, depth, hidden=32)
     rng = np.random.default_rng(3)

@@ -36,7 +36,7 @@ class Config:
     n_layers: int = 9
     node_attr: bool = True  # feed input atom features into every φ_h (EGNN's QM9 model)
     coord_act: str = "tanh"  # hidden activation of φ_x: tanh (PairReg) or silu (EGNN)
-    mitigation: str = "pairreg"  # none | residual | pairreg
+    mitigation: str = "pairreg"  # none | residual | pairreg | pairnorm | g2
     # PairReg switches (None = the mitigation's default; see docs/method.md)
     residual: typing.Optional[str] = None
     coord_mix: typing.Optional[str] = None
@@ -46,6 +46,11 @@ class Config:
     reg_weight: typing.Optional[float] = None
     coord_noise: typing.Optional[float] = None  # Å
     ablation: typing.Optional[str] = None
+    # PairNorm and G2 options (None = their defaults)
+    pairnorm_mode: typing.Optional[str] = None  # pn | pn-si | pn-scs
+    pairnorm_scale: typing.Optional[float] = None
+    g2_p: typing.Optional[float] = None
+    g2_aggregation: typing.Optional[str] = None  # sum | mean
     # --- optimisation ---
     optimizer: str = "adam"  # adam | adamw
     lr: float = 5e-4
@@ -76,7 +81,7 @@ class Config:
 
 
 MITIGATION_KEYS = ("residual", "coord_mix", "update_coords", "reg_layers", "reg_target", "reg_weight",
-                   "coord_noise", "ablation")
+                   "coord_noise", "ablation", "pairnorm_mode", "pairnorm_scale", "g2_p", "g2_aggregation")
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _CHOICES = {
     "coord_act": ("tanh", "silu"),

@@ -1,0 +1,62 @@
+"""G2, gradient gating (Rusch, Chamberlain, Mahoney, Bronstein & Mishra, ICLR 2023), with EGCLs.
+
+A second EGCL per layer (its own weights, features only) gives rates τ̂; the per-channel gate is
+the graph gradient of τ̂ on the molecule's complete graph::
+
+    τ̂ = σ(EGCL_gate,l(h_{l−1}, x_{l−1}))
+    τ_ik = tanh( A_{j≠i} |τ̂_jk − τ̂_ik|^p )          A = Σ (paper) or mean (authors' code)
+    h_l = (1 − τ) ⊙ h_{l−1} + τ ⊙ σ(h̃_l)
+
+σ is ReLU, as in the G2 paper. Identical τ̂ over a molecule gives τ = 0 and h_l = h_{l−1}.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones.egnn import EGCL
+from .base import Mitigation, register
+
+
+@register("g2")
+class GradientGating(Mitigation):
+    """Gradient gating.
+
+    Args:
+        g2_p: exponent p ≥ 1 of the gradient (default 2).
+        g2_aggregation: ``"sum"`` over neighbours (default, the paper's equation) or ``"mean"``
+            (the authors' code).
+        update_coords: let layers move coordinates (default False).
+    """
+
+    def __init__(self, n_layers: int, hidden: int, g2_p: float | None = None, g2_aggregation: str | None = None,
+                 update_coords: bool | None = None):
+        super().__init__(n_layers, hidden)
+        self.p = 2.0 if g2_p is None else float(g2_p)
+        if self.p < 1:
+            raise ValueError(f"g2_p must be >= 1, got {self.p}")
+        self.aggregation = (g2_aggregation or "sum").lower()
+        if self.aggregation not in ("sum", "mean"):
+            raise ValueError(f"g2_aggregation={g2_aggregation!r} is not valid; choose one of ['sum', 'mean']")
+        self.update_coords = bool(update_coords) if update_coords is not None else False
+        self.gates = nn.ModuleList(EGCL(hidden, 0, update_coords=False) for _ in range(n_layers))
+
+    def extra_repr(self) -> str:
+        return f"g2_p={self.p}, g2_aggregation={self.aggregation}, update_coords={self.update_coords}"
+
+    def rates(self, tau_hat, edge_index):
+        """(n_atoms, H) τ in [0, 1) from per-atom rates τ̂ over each molecule's edges."""
+        i, j = edge_index[0], edge_index[1]
+        grad = (tau_hat.index_select(0, j) - tau_hat.index_select(0, i)).abs() ** self.p  # (n_edges, H)
+        agg = torch.zeros_like(tau_hat).index_add_(0, i, grad)  # (n_atoms, H)
+        if self.aggregation == "mean":
+            deg = torch.bincount(i, minlength=len(tau_hat)).clamp(min=1).to(tau_hat.dtype).unsqueeze(-1)
+            agg = agg / deg
+        return torch.tanh(agg)
+
+    def combine(self, layer, h_prev, x_prev, h_new, x_new, graph, record):
+        ones = torch.ones(len(h_prev), 1, dtype=h_prev.dtype, device=h_prev.device)  # C unused: no coordinate update
+        tau_hat, _ = self.gates[layer](h_prev, x_prev, graph.edge_index, ones)
+        tau = self.rates(torch.relu(tau_hat), graph.edge_index)
+        return (1 - tau) * h_prev + tau * torch.relu(h_new), x_new

@@ -1,0 +1,86 @@
+"""PairNorm identities per molecule, and G2's gate, on constructed inputs."""
+
+import pytest
+import torch
+
+from pairreg.models.mitigations import GraphContext, build_mitigation
+from pairreg.data.graphs import complete_graph_edges
+
+
+def two_molecules(dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(9, 6, generator=g, dtype=dtype) * 3 + 1
+    batch = torch.tensor([0] * 4 + [1] * 5)
+    edges = torch.from_numpy(complete_graph_edges([4, 5]))
+    return h, GraphContext(batch, edges, 2)
+
+
+def per_mol(h, graph, k):
+    return h[graph.batch == k]
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_pn_centres_and_fixes_mean_squared_norm_per_molecule(scale):
+    h, graph = two_molecules()
+    m = build_mitigation("pairnorm", 1, 6, pairnorm_scale=scale)
+    out, _ = m.combine(0, None, None, h, None, graph, None)
+    for k in range(2):
+        o = per_mol(out, graph, k)
+        assert o.mean(0).abs().max() < 1e-10
+        assert float((o ** 2).sum(-1).mean()) == pytest.approx(scale ** 2, rel=1e-4)
+
+
+def test_pn_si_gives_each_row_norm_s():
+    h, graph = two_molecules()
+    m = build_mitigation("pairnorm", 1, 6, pairnorm_mode="pn-si", pairnorm_scale=2.0)
+    out, _ = m.combine(0, None, None, h, None, graph, None)
+    torch.testing.assert_close(out.norm(dim=-1), torch.full((9,), 2.0, dtype=torch.float64), rtol=1e-4, atol=1e-4)
+    for k in range(2):  # each row points along its molecule-centred feature
+        centred = per_mol(h, graph, k) - per_mol(h, graph, k).mean(0)
+        cos = torch.nn.functional.cosine_similarity(per_mol(out, graph, k), centred, dim=-1)
+        torch.testing.assert_close(cos, torch.ones_like(cos))
+
+
+def test_pn_scs_as_defined():
+    h, graph = two_molecules()
+    m = build_mitigation("pairnorm", 1, 6, pairnorm_mode="pn-scs", pairnorm_scale=1.5)
+    out, _ = m.combine(0, None, None, h, None, graph, None)
+    for k in range(2):
+        hk = per_mol(h, graph, k)
+        expected = 1.5 * hk / (hk.norm(dim=-1, keepdim=True) + 1e-5) - hk.mean(0)
+        torch.testing.assert_close(per_mol(out, graph, k), expected)
+
+
+def test_pairnorm_bad_mode():
+    with pytest.raises(ValueError, match="pairnorm_mode"):
+        build_mitigation("pairnorm", 1, 6, pairnorm_mode="pn-xx")
+
+
+def test_g2_rates_in_unit_interval_and_zero_for_identical_neighbours():
+    h, graph = two_molecules()
+    m = build_mitigation("g2", 1, 6)
+    tau = m.rates(torch.rand(9, 6, dtype=torch.float64) * 5, graph.edge_index)
+    assert float(tau.min()) >= 0 and float(tau.max()) <= 1
+    same = torch.ones(9, 6, dtype=torch.float64)
+    assert float(m.rates(same, graph.edge_index).abs().max()) == 0.0
+
+
+def test_g2_rates_by_hand():
+    m = build_mitigation("g2", 1, 1, g2_p=2)
+    edges = torch.from_numpy(complete_graph_edges([3]))
+    tau_hat = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    # atom 0: |1-0|² + |3-0|² = 10 ; atom 1: 1 + 4 = 5 ; atom 2: 9 + 4 = 13
+    torch.testing.assert_close(m.rates(tau_hat, edges), torch.tanh(torch.tensor([[10.0], [5.0], [13.0]], dtype=torch.float64)))
+    mean = build_mitigation("g2", 1, 1, g2_aggregation="mean")
+    torch.testing.assert_close(mean.rates(tau_hat, edges), torch.tanh(torch.tensor([[5.0], [2.5], [6.5]], dtype=torch.float64)))
+
+
+def test_g2_leaves_h_unchanged_when_gate_rates_are_identical():
+    h, graph = two_molecules()
+    m = build_mitigation("g2", 1, 6).double()
+    with torch.no_grad():  # make the gate EGCL output a constant: zero every weight, constant bias
+        for p in m.gates[0].parameters():
+            p.zero_()
+        m.gates[0].node_mlp[-1].bias.fill_(0.7)
+    out, _ = m.combine(0, h, torch.zeros(9, 3, dtype=torch.float64), torch.randn(9, 6, dtype=torch.float64), None, graph, None)
+    torch.testing.assert_close(out, h)
