@@ -99,3 +99,14 @@ def test_data_command_json(qm9_sample_env, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["molecules"] == 120
     assert info["targets"]["homo"]["unit"] == "meV" and info["targets"]["U0"]["atomref_subtracted"]
+
+
+def test_diagnose_writes_json_and_png(trained_run, tmp_path, capsys):
+    assert main(["diagnose", str(trained_run), str(trained_run), "--split", "test", "--molecules", "8",
+                 "--out", str(tmp_path / "diag")]) == 0
+    runs = json.loads((tmp_path / "diag" / "diagnostics.json").read_text())
+    assert len(runs) == 2 and runs[0]["n_layers"] == 2 and runs[0]["molecules"] == 8
+    assert len(runs[0]["diagnostics"]["dirichlet_h"]) == 3  # embedding + 2 layers
+    assert runs[0]["diagnostics"] == runs[1]["diagnostics"]
+    png = (tmp_path / "diag" / "diagnostics.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -26,6 +26,7 @@ VARIANTS = {
     "pairnorm-scs": ("pairnorm", {"pairnorm_mode": "pn-scs", "pairnorm_scale": 2.0}),
     "g2": ("g2", {}),
     "g2-mean-coords": ("g2", {"g2_aggregation": "mean", "g2_p": 1.5, "update_coords": True}),
+    "noisynodes": ("noisynodes", {}),
 }
 
 

@@ -84,3 +84,11 @@ def test_g2_leaves_h_unchanged_when_gate_rates_are_identical():
         m.gates[0].node_mlp[-1].bias.fill_(0.7)
     out, _ = m.combine(0, h, torch.zeros(9, 3, dtype=torch.float64), torch.randn(9, 6, dtype=torch.float64), None, graph, None)
     torch.testing.assert_close(out, h)
+
+
+def test_noisynodes_is_denoising_on_the_plain_stack():
+    m = build_mitigation("noisynodes", 2, 4, coord_noise=0.1)
+    assert (m.residual, m.coord_mix, m.update_coords, m.reg_target, m.reg_weight, m.coord_noise) == (
+        "none", "replace", True, "input", 0.1, 0.1)
+    with pytest.raises(ValueError, match="do not apply"):
+        build_mitigation("noisynodes", 2, 4, residual="add")

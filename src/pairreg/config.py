@@ -36,7 +36,7 @@ class Config:
     n_layers: int = 9
     node_attr: bool = True  # feed input atom features into every φ_h (EGNN's QM9 model)
     coord_act: str = "tanh"  # hidden activation of φ_x: tanh (PairReg) or silu (EGNN)
-    mitigation: str = "pairreg"  # none | residual | pairreg | pairnorm | g2
+    mitigation: str = "pairreg"  # none | residual | pairreg | pairnorm | g2 | noisynodes
     # PairReg switches (None = the mitigation's default; see docs/method.md)
     residual: typing.Optional[str] = None
     coord_mix: typing.Optional[str] = None

@@ -1,13 +1,14 @@
-"""Entry point: ``pairreg {train,evaluate,predict,data} ...``."""
+"""Entry point: ``pairreg {train,evaluate,predict,diagnose,data} ...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import data_cmd, evaluate_cmd, predict_cmd, train_cmd
+from . import data_cmd, diagnose_cmd, evaluate_cmd, predict_cmd, train_cmd
 
-COMMANDS = {"train": train_cmd, "evaluate": evaluate_cmd, "predict": predict_cmd, "data": data_cmd}
+COMMANDS = {"train": train_cmd, "evaluate": evaluate_cmd, "predict": predict_cmd, "diagnose": diagnose_cmd,
+            "data": data_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

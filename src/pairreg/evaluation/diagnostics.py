@@ -53,3 +53,27 @@ def layer_diagnostics(record, batch: torch.Tensor, n_molecules: int) -> dict[str
             out["mad_h"].append(float(mean_average_distance(h, batch, n_molecules).mean()))
             out["dirichlet_x_A2"].append(float(dirichlet_energy(x, batch, n_molecules).mean()))
     return out
+
+
+def diagnose_model(model, ds, batch_size: int = 96) -> dict[str, list[float]]:
+    """Per-layer measures averaged over all molecules of ``ds`` (a MoleculeSet), model in eval mode."""
+    import numpy as np
+
+    model.eval()
+    sums, total = None, 0
+    for start in range(0, len(ds), batch_size):
+        b = ds.collate(np.arange(start, min(start + batch_size, len(ds))))
+        with torch.no_grad():
+            _, rec = model(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)
+        d = layer_diagnostics(rec, b.batch, b.num_molecules)
+        n = b.num_molecules
+        sums = {k: [n * v for v in vals] for k, vals in d.items()} if sums is None else {
+            k: [s + n * v for s, v in zip(sums[k], vals)] for k, vals in d.items()}
+        total += n
+    return {k: [v / total for v in vals] for k, vals in sums.items()}
+
+
+def energy_ratio(diag: dict, key: str = "dirichlet_h") -> float:
+    """Last-layer over first-layer energy (index 1 = after layer 1; index 0 is the embedding)."""
+    values = diag[key]
+    return values[-1] / values[1] if len(values) > 1 and values[1] > 0 else float("nan")

@@ -1,7 +1,7 @@
 """Mitigations of oversmoothing, chosen by name: ``build_mitigation("pairreg", ...)``."""
 
 from .base import GraphContext, Mitigation, mitigation_names, register, resolve
-from . import g2, pairnorm, pairreg, plain  # noqa: F401  (registers the built-in mitigations)
+from . import g2, noisynodes, pairnorm, pairreg, plain  # noqa: F401  (registers the built-in mitigations)
 
 
 def build_mitigation(name: str, n_layers: int, hidden: int, **options) -> Mitigation:

@@ -1,0 +1,44 @@
+"""``pairreg diagnose RUN_DIR_OR_CKPT [...] [--split test] [--molecules N] [--out DIR]``.
+
+Per-layer Dirichlet energy (raw and scale-free), MAD and coordinate energy for one or more
+trained runs; writes ``diagnostics.json`` and ``diagnostics.png`` (one line per run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(sub):
+    p = sub.add_parser("diagnose", help="oversmoothing measures per layer for trained runs")
+    p.add_argument("checkpoints", nargs="+", help="run directories or .ckpt files")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--molecules", type=int, default=1000, help="first N molecules of the split (default 1000)")
+    p.add_argument("--out", default="diagnostics", help="output folder (default ./diagnostics)")
+
+
+def run(args) -> int:
+    from ..evaluation.diagnostics import diagnose_model, energy_ratio
+    from ..evaluation.plots import plot_layer_diagnostics
+    from ..training.checkpoint import load_model
+    from ..training.datamodule import build_splits
+
+    runs = []
+    for path in args.checkpoints:
+        model, info = load_model(path)
+        cfg = info["config"]
+        ds, split = build_splits(cfg)
+        subset = ds.subset(split[args.split][: args.molecules])
+        diag = diagnose_model(model, subset, cfg.batch_size)
+        runs.append({"checkpoint": info["path"], "label": f"{cfg.mitigation}, {cfg.n_layers} layers",
+                     "mitigation": cfg.mitigation, "n_layers": cfg.n_layers, "split": args.split,
+                     "molecules": len(subset), "energy_ratio_last_first": energy_ratio(diag), "diagnostics": diag})
+        print(f"{runs[-1]['label']}: E_last/E_first = {runs[-1]['energy_ratio_last_first']:.3g}, "
+              f"MAD last layer = {diag['mad_h'][-1]:.3g}  ({info['path']})")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diagnostics.json").write_text(json.dumps(runs, indent=2))
+    png = plot_layer_diagnostics(runs, out / "diagnostics.png")
+    print(f"wrote {out / 'diagnostics.json'} and {png}")
+    return 0
