@@ -85,7 +85,7 @@ def test_battery_catches_a_broken_model():
 
 @pytest.mark.parametrize("depth", [2, 9])
 @pytest.mark.parametrize("variant", ["none", "residual", "pairreg", "pairreg-dense", "pairreg-replace-all-previous",
-                                     "pairnorm", "pairnorm-si", "pairnorm-scs", "g2", "g2-mean-coords"])
+                                     "pairnorm", "pairnorm-si", "pairnorm-scs", "g2", "g2-mean-coords", "noisynodes"])
 def test_batched_equals_unbatched(variant, depth):
     assert_batch_independent(perturb_coord_weights(make_model(variant, depth)))
 
