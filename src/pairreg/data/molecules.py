@@ -91,6 +91,11 @@ class MoleculeSet(torch.utils.data.Dataset):
         zs, ps = zip(*(self.atoms(i) for i in indices))
         return make_batch(zs, ps, self.y[indices], indices)
 
+    def batches(self, batch_size: int):
+        """Consecutive batches in dataset order (for evaluation)."""
+        for start in range(0, len(self), batch_size):
+            yield self.collate(np.arange(start, min(start + batch_size, len(self))))
+
     def subset(self, indices) -> "MoleculeSet":
         """A new set holding only ``indices`` (copies the atoms, keeps target metadata)."""
         indices = np.asarray(indices, dtype=np.int64)

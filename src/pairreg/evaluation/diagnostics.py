@@ -13,11 +13,11 @@ Each function returns one value per molecule; average over molecules to report.
 from __future__ import annotations
 
 import torch
+from torch_geometric.utils import scatter
 
 
 def _per_molecule_sum(values: torch.Tensor, batch: torch.Tensor, n_molecules: int) -> torch.Tensor:
-    out = torch.zeros((n_molecules,) + values.shape[1:], dtype=values.dtype, device=values.device)
-    return out.index_add_(0, batch, values)
+    return scatter(values, batch, 0, dim_size=n_molecules, reduce="sum")
 
 
 def dirichlet_energy(h: torch.Tensor, batch: torch.Tensor, n_molecules: int, scale_free: bool = False) -> torch.Tensor:
@@ -57,12 +57,9 @@ def layer_diagnostics(record, batch: torch.Tensor, n_molecules: int) -> dict[str
 
 def diagnose_model(model, ds, batch_size: int = 96) -> dict[str, list[float]]:
     """Per-layer measures averaged over all molecules of ``ds`` (a MoleculeSet), model in eval mode."""
-    import numpy as np
-
     model.eval()
     sums, total = None, 0
-    for start in range(0, len(ds), batch_size):
-        b = ds.collate(np.arange(start, min(start + batch_size, len(ds))))
+    for b in ds.batches(batch_size):
         with torch.no_grad():
             _, rec = model(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)
         d = layer_diagnostics(rec, b.batch, b.num_molecules)

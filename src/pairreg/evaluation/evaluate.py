@@ -15,8 +15,7 @@ def predict_set(model, ds: MoleculeSet, batch_size: int = 96) -> np.ndarray:
     """(n_molecules, n_targets) predictions in reporting units, in dataset order."""
     model.eval()
     out = []
-    for start in range(0, len(ds), batch_size):
-        b = ds.collate(np.arange(start, min(start + batch_size, len(ds))))
+    for b in ds.batches(batch_size):
         out.append(model.predict(b.z, b.pos, b.batch, b.edge_index, b.num_molecules).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(model.target_mean)))
 

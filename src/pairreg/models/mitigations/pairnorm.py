@@ -14,8 +14,8 @@ Coordinates are handled as in the plain stack.
 
 from __future__ import annotations
 
-import torch
 from torch_geometric.nn.norm import PairNorm as PyGPairNorm
+from torch_geometric.utils import scatter
 
 from .base import Mitigation, register
 
@@ -50,8 +50,7 @@ class PairNormMitigation(Mitigation):
 
     def normalise(self, h, batch, n_molecules):
         if self.mode == "pn-scs":
-            counts = torch.bincount(batch, minlength=n_molecules).to(h.dtype).clamp(min=1).unsqueeze(-1)
-            mean = torch.zeros(n_molecules, h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, batch, h) / counts
+            mean = scatter(h, batch, 0, dim_size=n_molecules, reduce="mean")  # (n_mols, H)
             return self.scale * h / (h.norm(dim=-1, keepdim=True) + 1e-5) - mean.index_select(0, batch)
         return self.norm(h, batch, n_molecules)
 
