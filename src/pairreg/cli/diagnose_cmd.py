@@ -22,13 +22,17 @@ def run(args) -> int:
     from ..evaluation.diagnostics import diagnose_model, energy_ratio
     from ..evaluation.plots import plot_layer_diagnostics
     from ..training.checkpoint import load_model
+    from ..data import qm9
     from ..training.datamodule import build_splits
 
-    runs = []
+    runs, datasets = [], {}  # QM9 is loaded once per target list, not once per run
     for path in args.checkpoints:
         model, info = load_model(path)
         cfg = info["config"]
-        ds, split = build_splits(cfg)
+        key = tuple(cfg.targets)
+        if key not in datasets:
+            datasets[key] = qm9.load_qm9(cfg.targets)
+        ds, split = build_splits(cfg, datasets[key])
         subset = ds.subset(split[args.split][: args.molecules])
         diag = diagnose_model(model, subset, cfg.batch_size)
         runs.append({"checkpoint": info["path"], "label": f"{cfg.mitigation}, {cfg.n_layers} layers",
