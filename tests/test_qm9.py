@@ -114,14 +114,12 @@ def test_malformed_row_names_file_and_line(tmp_path):
 
 
 @pytest.mark.dataset
-def test_full_qm9_counts_units_and_cache_speed(tmp_path, monkeypatch):
+def test_full_qm9_counts_units_and_cache(tmp_path, monkeypatch):
     """Needs the full QM9 of the installed qm9pack (parsed once into the user cache)."""
     monkeypatch.delenv("PAIRREG_QM9_SOURCE", raising=False)
     qm9.load_qm9_arrays(verbose=False)  # build the cache if needed
-    start = time.perf_counter()
+    monkeypatch.setattr(qm9, "parse_csv", lambda *a, **k: pytest.fail("the valid cache was not used"))
     ds = qm9.load_qm9(verbose=False)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0, f"loading QM9 from the cache took {elapsed:.1f} s"
     assert len(ds) == qm9.N_MOLECULES == 130_831
     assert set(np.unique(ds.z).tolist()) == {1, 6, 7, 8, 9}
     info = qm9.describe()

@@ -25,9 +25,12 @@ class ConfigError(ValueError):
 @dataclass
 class Config:
     # --- data ---
-    dataset: str = "qm9"
-    targets: list = field(default_factory=lambda: ["homo"])  # QM9 target names, see `pairreg data qm9`
-    split_seed: int = 0  # seed of the EGNN/Cormorant permutation split
+    dataset: str = "qm9"  # qm9 | rmd17
+    targets: list = field(default_factory=lambda: ["homo"])  # QM9 target names (`pairreg data qm9`); rmd17: [energy]
+    split: typing.Optional[str] = None  # qm9: egnn (default); rmd17: official-1..official-5 (default official-1) | ratio
+    split_seed: int = 0  # seed of the split's permutation (QM9: EGNN/Cormorant; rMD17: train/val and ratio)
+    molecule: str = "aspirin"  # rMD17 molecule (`pairreg data rmd17`)
+    data_root: typing.Optional[str] = None  # rMD17 folder (split files or extracted archive); None: $PAIRREG_RMD17_ROOT, cache, download
     subset_train: typing.Optional[int] = None  # use only the first k molecules of a split (None: all)
     subset_val: typing.Optional[int] = None
     subset_test: typing.Optional[int] = None
@@ -61,12 +64,15 @@ class Config:
     warmup_epochs: float = 0.0
     lr_min: float = 0.0
     grad_clip: typing.Optional[float] = None  # max gradient norm; None: off (EGNN and PairReg use none)
+    force_weight: float = 0.0  # rMD17: weight of the force L1 term (forces = −∂E/∂x); 0 = energy only (the paper)
     # --- run ---
     seed: int = 42
     out: str = "runs"  # parent folder of run directories
     name: typing.Optional[str] = None  # run directory name (default: preset + time stamp)
     accelerator: str = "cpu"  # cpu | gpu | auto
-    devices: int = 1
+    devices: int = 1  # processes per node (GPUs, or CPU processes with strategy=ddp)
+    strategy: str = "auto"  # auto | ddp | ddp_spawn (Lightning strategies; gloo on CPU, NCCL on GPU)
+    num_nodes: int = 1  # machines; multi-node runs are launched by SLURM or torchrun (docs/scaling.md)
     threads: typing.Optional[int] = None  # torch intra-op threads on CPU (None: torch's default)
     num_workers: int = 0
     progress: bool = True
@@ -88,6 +94,8 @@ _CHOICES = {
     "optimizer": ("adam", "adamw"),
     "schedule": ("constant", "cosine", "warmup-cosine"),
     "accelerator": ("cpu", "gpu", "auto"),
+    "dataset": ("qm9", "rmd17"),
+    "strategy": ("auto", "ddp", "ddp_spawn"),
 }
 
 
@@ -193,22 +201,38 @@ def load_config(preset: str | None = None, overrides=None, file: str | Path | No
 
 def validate(cfg: Config) -> Config:
     """Semantic checks. Raises ConfigError naming the field."""
-    from .data import qm9
+    from .data import qm9, rmd17
     from .models.mitigations import build_mitigation
 
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise ConfigError(f"{key}={getattr(cfg, key)!r} is not valid; choose one of {list(choices)}")
-    if cfg.dataset != "qm9":
-        raise ConfigError(f"dataset={cfg.dataset!r} is not valid; choose one of ['qm9']")
-    for t in cfg.targets:
-        if t not in qm9.TARGETS:
-            close = difflib.get_close_matches(t, qm9.TARGET_NAMES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"targets: unknown QM9 target {t!r}; choose from {qm9.TARGET_NAMES}.{hint}")
+    if cfg.dataset == "qm9":
+        if cfg.split not in (None, "egnn"):
+            raise ConfigError(f"split={cfg.split!r} is not valid for qm9; choose 'egnn' (the EGNN/Cormorant split)")
+        for t in cfg.targets:
+            if t not in qm9.TARGETS:
+                close = difflib.get_close_matches(t, qm9.TARGET_NAMES, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"targets: unknown QM9 target {t!r}; choose from {qm9.TARGET_NAMES}.{hint}")
+        if cfg.force_weight:
+            raise ConfigError("force_weight: QM9 has no forces; use it with dataset=rmd17")
+    else:
+        try:
+            rmd17.check_molecule(cfg.molecule)
+            rmd17.check_split(cfg.split or "official-1")
+        except rmd17.RMD17Error as err:
+            raise ConfigError(f"{'molecule' if 'molecule' in str(err) else 'split'}: {err}") from None
+        if cfg.targets != ["energy"]:
+            raise ConfigError(f"targets={cfg.targets}: rMD17 has one target, energy (set targets=energy); "
+                              "forces come from its gradient")
     if len(set(cfg.targets)) != len(cfg.targets):
         raise ConfigError(f"targets: {cfg.targets} lists a target twice")
-    positive = ("hidden", "n_layers", "batch_size", "epochs", "lr", "devices")
+    if cfg.force_weight < 0:
+        raise ConfigError(f"force_weight must be >= 0, got {cfg.force_weight}")
+    if cfg.num_nodes > 1 and not cfg.name:
+        raise ConfigError("num_nodes > 1: set name=RUN_NAME so that every node writes to the same run directory")
+    positive = ("hidden", "n_layers", "batch_size", "epochs", "lr", "devices", "num_nodes")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(cfg, key)}")

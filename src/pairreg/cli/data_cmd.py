@@ -1,4 +1,4 @@
-"""``pairreg data qm9 [--json]``: molecule count, split sizes, targets and units."""
+"""``pairreg data qm9 [--json]`` and ``pairreg data rmd17 --molecule NAME [--root DIR] [--split S] [--json]``."""
 
 from __future__ import annotations
 
@@ -6,12 +6,19 @@ import json
 
 
 def add_parser(sub):
-    p = sub.add_parser("data", help="describe a dataset")
-    p.add_argument("dataset", choices=["qm9"])
+    p = sub.add_parser("data", help="describe a dataset: sizes, split, units")
+    p.add_argument("dataset", choices=["qm9", "rmd17"])
+    p.add_argument("--molecule", default="aspirin", help="rMD17 molecule (aspirin, ethanol, ...)")
+    p.add_argument("--root", help="rMD17 folder (split files or the extracted archive); default: "
+                                  "$PAIRREG_RMD17_ROOT, then the cache")
+    p.add_argument("--split", default="official-1", help="rMD17 split: official-1 .. official-5 or ratio")
+    p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
 
 def run(args) -> int:
+    if args.dataset == "rmd17":
+        return _rmd17(args)
     from ..data import qm9
 
     info = qm9.describe()
@@ -21,4 +28,19 @@ def run(args) -> int:
         print(f"QM9: {info['molecules']} molecules; split {info['split']}")
         for name, t in info["targets"].items():
             print(f"  {name:>6}  {t['unit']}")
+    return 0
+
+
+def _rmd17(args) -> int:
+    from ..data import rmd17
+
+    info = rmd17.describe(args.molecule, args.split, args.root, split_seed=args.split_seed)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        u = info["units"]
+        print(f"rMD17 {info['molecule']} ({info['formula']}, {info['atoms']} atoms) from {info['source']} "
+              f"[{info['layout']}]\nsplit {info['split']}: {info['frames']}\n  {info['split_procedure']}\n"
+              f"units: energy {u['energy']}, forces {u['forces']}, coordinates {u['coordinates']} "
+              f"(source: {u['native']['energy']}, {u['native']['forces']}; 1 kcal/mol = {u['kcal/mol in meV']} meV)")
     return 0

@@ -30,9 +30,9 @@ def run(args) -> int:
         model, info = load_model(path)
         cfg = info["config"]
         key = tuple(cfg.targets)
-        if key not in datasets:
+        if cfg.dataset == "qm9" and key not in datasets:
             datasets[key] = qm9.load_qm9(cfg.targets)
-        ds, split = build_splits(cfg, datasets[key])
+        ds, split = build_splits(cfg, datasets.get(key) if cfg.dataset == "qm9" else None)
         subset = ds.subset(split[args.split][: args.molecules])
         diag = diagnose_model(model, subset, cfg.batch_size)
         runs.append({"checkpoint": info["path"], "label": f"{cfg.mitigation}, {cfg.n_layers} layers",

@@ -21,8 +21,15 @@ def run(args) -> int:
     model, info = load_model(args.checkpoint, args.which)
     cfg = info["config"]
     ds, split = build_splits(cfg)
-    maes = mae_per_target(model, ds.subset(split[args.split]), cfg.batch_size)
+    part = ds.subset(split[args.split])
     units = dict(zip(info["target_names"], info["target_units"]))
+    if part.forces is not None:  # rMD17: energy and the forces −∂E/∂x
+        from ..evaluation.forces import energy_force_mae
+
+        maes = energy_force_mae(model, part, cfg.batch_size)
+        units["forces"] = part.force_unit
+    else:
+        maes = mae_per_target(model, part, cfg.batch_size)
     result = {"checkpoint": info["path"], "split": args.split, "molecules": int(len(split[args.split])),
               "mae": {name: {"value": v, "unit": units[name]} for name, v in maes.items()}}
     if args.json:

@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     from ..config import ConfigError
     from ..data.qm9 import QM9Error
     from ..data.readers import InputError
+    from ..training.losses import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
@@ -31,6 +32,9 @@ def main(argv=None) -> int:
         # Expected user-facing failures: one line, no traceback.
         print(f"pairreg {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"pairreg {args.command}: stopped: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 def add_parser(sub):
     p = sub.add_parser("train", help="train a model from a preset and overrides")
-    p.add_argument("--preset", help="shipped preset (qm9-demo, qm9-cpu, qm9-egnn, qm9-paper)")
+    p.add_argument("--preset", help="shipped preset (qm9-demo, qm9-cpu, qm9-egnn, qm9-paper, rmd17-cpu, rmd17-paper)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from checkpoints/last.ckpt (its saved config; --set may change only "
+                        "progress, threads, num_workers, accelerator, devices, strategy, num_nodes)")
     p.add_argument("--config", help="YAML file of config keys, applied after the preset")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--out", help="parent folder of the run directory (config key `out`)")
@@ -13,8 +16,19 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..config import dump_yaml, load_config
+    from ..config import ConfigError, dump_yaml, load_config, parse_overrides
 
+    if args.resume:
+        if args.preset or args.config or args.out:
+            raise ConfigError("--resume takes its config from RUN_DIR/config.yaml; drop --preset/--config/--out")
+        from ..training.run import resume_config, train
+
+        cfg = resume_config(args.resume, parse_overrides(args.set))
+        if args.print_config:
+            print(dump_yaml(cfg), end="")
+            return 0
+        print(format_summary(train(cfg, resume=True)))
+        return 0
     overrides = list(args.set) + ([f"out={args.out}"] if args.out else [])
     cfg = load_config(args.preset, overrides, args.config)
     if args.print_config:

@@ -24,8 +24,9 @@ class MoleculeBatch:
         batch:      (n_atoms,) long, molecule index of each atom
         edge_index: (2, n_edges) long, rows (i, j): message from j to i, sorted by i
         n_atoms:    (n_mols,) long
-        y:          (n_mols, n_targets) float in reporting units, or None
+        y:          (n_mols, n_targets) float64 in reporting units, or None
         idx:        (n_mols,) long, index of each molecule in its dataset
+        forces:     (n_atoms, 3) float reference forces in the dataset's force unit, or None
     """
 
     z: torch.Tensor
@@ -35,6 +36,7 @@ class MoleculeBatch:
     n_atoms: torch.Tensor
     y: torch.Tensor | None = None
     idx: torch.Tensor | None = None
+    forces: torch.Tensor | None = None
 
     @property
     def num_molecules(self) -> int:
@@ -45,16 +47,18 @@ class MoleculeBatch:
         return MoleculeBatch(**moved)
 
 
-def make_batch(zs, positions, ys=None, idx=None, dtype=torch.float32) -> MoleculeBatch:
+def make_batch(zs, positions, ys=None, idx=None, dtype=torch.float32, forces=None) -> MoleculeBatch:
     """Collate lists of per-molecule arrays (z: (n,), pos: (n, 3)) into a :class:`MoleculeBatch`."""
     n_atoms = np.array([len(z) for z in zs], dtype=np.int64)
     z = torch.from_numpy(np.concatenate(zs).astype(np.int64))
     pos = torch.from_numpy(np.concatenate(positions).astype(np.float64)).to(dtype)
     batch = torch.from_numpy(np.repeat(np.arange(len(n_atoms)), n_atoms))
     edge_index = torch.from_numpy(complete_graph_edges(n_atoms))
-    y = None if ys is None else torch.as_tensor(np.asarray(ys), dtype=dtype)
+    # targets stay float64: rMD17 energies are ~1e7 meV, where float32 rounds to ~1 meV
+    y = None if ys is None else torch.as_tensor(np.asarray(ys), dtype=torch.float64)
     idx_t = None if idx is None else torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    return MoleculeBatch(z, pos, batch, edge_index, torch.from_numpy(n_atoms), y, idx_t)
+    f = None if forces is None else torch.from_numpy(np.concatenate(forces).astype(np.float64)).to(dtype)
+    return MoleculeBatch(z, pos, batch, edge_index, torch.from_numpy(n_atoms), y, idx_t, f)
 
 
 class MoleculeSet(torch.utils.data.Dataset):
@@ -64,7 +68,7 @@ class MoleculeSet(torch.utils.data.Dataset):
     ``DataLoader(ds, batch_size=..., collate_fn=ds.collate)`` works as usual.
     """
 
-    def __init__(self, z, pos, n_atoms, y, target_names, target_units, mol_ids=None):
+    def __init__(self, z, pos, n_atoms, y, target_names, target_units, mol_ids=None, forces=None, force_unit=None):
         self.z = np.asarray(z, dtype=np.uint8)
         self.pos = np.asarray(pos, dtype=np.float32)
         self.n_atoms = np.asarray(n_atoms, dtype=np.int64)
@@ -73,8 +77,13 @@ class MoleculeSet(torch.utils.data.Dataset):
         self.target_names = list(target_names)
         self.target_units = list(target_units)
         self.mol_ids = np.arange(len(self.n_atoms)) if mol_ids is None else np.asarray(mol_ids)
+        # per-atom reference forces (rMD17), float64 so meV/Å values keep their precision
+        self.forces = None if forces is None else np.asarray(forces, dtype=np.float64).reshape(-1, 3)
+        self.force_unit = force_unit
         if len(self.z) != self.offsets[-1] or len(self.pos) != self.offsets[-1]:
             raise ValueError("z/pos length does not match the sum of n_atoms")
+        if self.forces is not None and len(self.forces) != len(self.z):
+            raise ValueError("forces length does not match the number of atoms")
 
     def __len__(self) -> int:
         return len(self.n_atoms)
@@ -89,7 +98,8 @@ class MoleculeSet(torch.utils.data.Dataset):
     def collate(self, indices) -> MoleculeBatch:
         indices = np.asarray(indices, dtype=np.int64)
         zs, ps = zip(*(self.atoms(i) for i in indices))
-        return make_batch(zs, ps, self.y[indices], indices)
+        fs = None if self.forces is None else [self.forces[self.offsets[i]:self.offsets[i + 1]] for i in indices]
+        return make_batch(zs, ps, self.y[indices], indices, forces=fs)
 
     def batches(self, batch_size: int):
         """Consecutive batches in dataset order (for evaluation)."""
@@ -103,6 +113,7 @@ class MoleculeSet(torch.utils.data.Dataset):
         return MoleculeSet(
             self.z[atom_idx], self.pos[atom_idx], self.n_atoms[indices], self.y[indices],
             self.target_names, self.target_units, self.mol_ids[indices],
+            None if self.forces is None else self.forces[atom_idx], self.force_unit,
         )
 
     def select_targets(self, names) -> "MoleculeSet":

@@ -139,5 +139,25 @@ class MoleculeModel(nn.Module):
         y_std, _ = self(z, pos, batch, edge_index, n_molecules)
         return self.to_physical(y_std)
 
+    def energy_and_forces(self, z, pos, batch, edge_index=None, n_molecules=None, create_graph: bool = False):
+        """Energy and forces F = −∂E/∂x by autograd, for a single-target (energy) model.
+
+        Returns (y_std (n_molecules, 1), forces_std (n_atoms, 3), record). Forces in reporting units
+        are ``target_scale · forces_std`` (E = mean + scale · y_std). ``create_graph=True`` keeps the
+        graph so a force loss can be backpropagated (training).
+        """
+        if self.target_mean.numel() != 1:
+            raise ValueError("forces need a model with exactly one target (the energy)")
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            y_std, record = self(z, pos, batch, edge_index, n_molecules)
+            (grad,) = torch.autograd.grad(y_std.sum(), pos, create_graph=create_graph)
+        return y_std, -grad, record
+
+    def predict_energy_forces(self, z, pos, batch, edge_index=None, n_molecules=None):
+        """(energy (n_molecules,), forces (n_atoms, 3)) in reporting units (e.g. meV, meV/Å), float64."""
+        y_std, f_std, _ = self.energy_and_forces(z, pos, batch, edge_index, n_molecules)
+        return self.to_physical(y_std.detach())[:, 0], self.target_scale * f_std.detach().to(torch.float64)
+
     def extra_loss(self, record):
         return self.mitigation.extra_loss(record, record.graph)

@@ -9,14 +9,17 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data import qm9
+from ..data import qm9, rmd17
 from ..data.molecules import MoleculeSet
 
 
 def build_splits(cfg: Config, dataset: MoleculeSet | None = None) -> tuple[MoleculeSet, dict[str, np.ndarray]]:
     """The dataset with ``cfg.targets`` and the split indices (after subsetting), in split order."""
-    ds = dataset if dataset is not None else qm9.load_qm9(cfg.targets)
-    split = qm9.egnn_split(len(ds), cfg.split_seed)
+    if cfg.dataset == "rmd17":
+        ds, split = rmd17.load_rmd17(cfg.molecule, cfg.split or "official-1", cfg.data_root, split_seed=cfg.split_seed)
+    else:
+        ds = dataset if dataset is not None else qm9.load_qm9(cfg.targets)
+        split = qm9.egnn_split(len(ds), cfg.split_seed)
     limits = {"train": cfg.subset_train, "val": cfg.subset_val, "test": cfg.subset_test}
     split = {k: (v[: limits[k]] if limits[k] else v) for k, v in split.items()}
     return ds, split

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import random
 
 import lightning as L
+import numpy as np
 import torch
 
 from ..config import Config
 from ..models import MoleculeModel
-from .losses import total_loss
+from .losses import NonFiniteLossError, force_loss, total_loss
+
+FORCE_NAME = "forces"
 
 
 def build_model(cfg: Config, target_mean=None, target_scale=None) -> MoleculeModel:
@@ -42,22 +46,46 @@ class PropertyModule(L.LightningModule):
 
     Logged: ``train/loss``, ``train/task``, ``train/reg`` (standardised units / Å²), and per target
     ``val/<target>_mae_<unit>`` and ``test/...`` in reporting units, plus ``val/mae_std`` (mean over
-    targets of MAE / target scale), which selects the best checkpoint.
+    targets of MAE / target scale, plus ``force_weight`` × the force MAE / energy scale when forces are
+    trained), which selects the best checkpoint. On rMD17 (``force_unit`` given) the force MAE
+    ``val/forces_mae_meV_per_Angstrom`` is always reported, also for energy-only training.
     """
 
-    def __init__(self, cfg: Config, target_names, target_units, target_mean=None, target_scale=None):
+    def __init__(self, cfg: Config, target_names, target_units, target_mean=None, target_scale=None,
+                 force_unit: str | None = None, max_atoms_train: int | None = None):
         super().__init__()
         self.cfg = cfg
         self.target_names = list(target_names)
         self.target_units = list(target_units)
+        self.force_unit = force_unit
+        self.max_atoms_train = max_atoms_train
         self.model = build_model(cfg, target_mean, target_scale)
 
     def forward(self, batch):
         return self.model(batch.z, batch.pos, batch.batch, batch.edge_index, batch.num_molecules)
 
+    def _energy_forces(self, batch, create_graph: bool):
+        return self.model.energy_and_forces(batch.z, batch.pos, batch.batch, batch.edge_index, batch.num_molecules,
+                                            create_graph=create_graph)
+
     def training_step(self, batch, batch_idx):
-        y_std, record = self(batch)
+        weight = self.cfg.force_weight
+        if weight > 0:
+            y_std, f_std, record = self._energy_forces(batch, create_graph=True)
+        else:
+            y_std, record = self(batch)
         loss, parts = total_loss(self.model, y_std, self.model.to_standard(batch.y), record)
+        if weight > 0:
+            f_loss = force_loss(f_std, batch.forces, self.model.target_scale)
+            loss = loss + weight * f_loss
+            parts["force"] = f_loss.detach()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss)}) at epoch {self.current_epoch + 1}, batch {batch_idx + 1}, "
+                f"global step {self.global_step + 1}; the run stopped before this optimiser step. The last good "
+                "state is checkpoints/last.ckpt (end of the previous epoch); lower lr or set grad_clip and resume "
+                "or restart."
+            )
         n = batch.num_molecules
         self.log("train/loss", loss.detach(), batch_size=n, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
         for key, value in parts.items():
@@ -65,13 +93,24 @@ class PropertyModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch, split: str):
-        y_std, _ = self(batch)
-        err = (self.model.to_physical(y_std) - batch.y.to(torch.float64)).abs()  # (n_mols, n_targets) reporting units
+        if self.force_unit is not None:
+            y_std, f_std, _ = self._energy_forces(batch, create_graph=False)
+        else:
+            y_std, _ = self(batch)
+        err = (self.model.to_physical(y_std.detach()) - batch.y.to(torch.float64)).abs()  # (n_mols, n_targets)
         n = batch.num_molecules
         for k, (name, unit) in enumerate(zip(self.target_names, self.target_units)):
             self.log(metric_name(split, name, unit), err[:, k].mean().float(), batch_size=n, on_epoch=True, sync_dist=True,
                      prog_bar=(split == "val" and k == 0))
-        self.log(f"{split}/mae_std", (err / self.model.target_scale).mean().float(), batch_size=n, on_epoch=True, sync_dist=True)
+        mae_std = (err / self.model.target_scale).mean()
+        if self.force_unit is not None:
+            f_err = (self.model.target_scale * f_std.detach().to(torch.float64) - batch.forces.to(torch.float64)).abs()
+            # weighted by atoms: the MAE over all force components of the split
+            self.log(metric_name(split, FORCE_NAME, self.force_unit), f_err.mean().float(), batch_size=f_err.numel(),
+                     on_epoch=True, sync_dist=True)
+            if self.cfg.force_weight > 0:
+                mae_std = mae_std + self.cfg.force_weight * f_err.mean() / self.model.target_scale[0]
+        self.log(f"{split}/mae_std", mae_std.float(), batch_size=n, on_epoch=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -97,4 +136,24 @@ class PropertyModule(L.LightningModule):
             "config": self.cfg.to_dict(),
             "target_names": self.target_names,
             "target_units": self.target_units,
+            "force_unit": self.force_unit,
+            "max_atoms_train": self.max_atoms_train,
         }
+        # RNG states, so a resumed run draws the same shuffles and noise as an uninterrupted one
+        # (numpy's key array as a list: the checkpoint must load with weights_only=True)
+        np_state = np.random.get_state()
+        checkpoint["pairreg_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("pairreg_rng")
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))

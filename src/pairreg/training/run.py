@@ -14,11 +14,24 @@ from pathlib import Path
 import lightning as L
 import torch
 
+import numpy as np
+import yaml
+
 from .. import __version__
-from ..config import Config, dump_yaml
+from ..config import Config, ConfigError, config_from_dict, dump_yaml
 from .checkpoint import CHECKPOINT_DIR, AtomicCheckpoint, load_checkpoint
 from .datamodule import MoleculeDataModule, target_statistics
-from .module import PropertyModule, metric_name
+from .module import FORCE_NAME, PropertyModule, metric_name
+
+RUN_DIR_ENV = "PAIRREG_RUN_DIR"  # set for the worker processes Lightning's DDP launcher starts
+# keys that may differ when resuming (they change where or how fast, not what is computed)
+RESUME_OVERRIDABLE = ("progress", "threads", "num_workers", "accelerator", "devices", "strategy", "num_nodes")
+
+
+def launcher_rank_zero() -> bool:
+    """True in the process that owns the run directory (before and after DDP starts its workers)."""
+    node = int(os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", 0)))
+    return node == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -27,12 +40,30 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def environment() -> dict:
-    return {
+def environment(cfg: Config | None = None) -> dict:
+    env = {
         "pairreg": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-        "lightning": L.__version__, "platform": platform.platform(), "cuda_available": torch.cuda.is_available(),
-        "torch_threads": torch.get_num_threads(),
+        "lightning": L.__version__, "numpy": np.__version__, "platform": platform.platform(),
+        "cuda_available": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
+        "started": datetime.now().isoformat(timespec="seconds"),
     }
+    if torch.cuda.is_available():
+        env["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        env["cuda_version"] = torch.version.cuda
+    if cfg is not None:
+        env.update(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, num_nodes=cfg.num_nodes)
+    return env
+
+
+def _check_same_split(path: Path, dm: MoleculeDataModule) -> None:
+    """A resumed run must see the split it started with (e.g. the data folder did not change)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; cannot check that the resumed run uses the same split")
+    with np.load(path) as saved:
+        for name, idx in dm.split.items():
+            if name not in saved or not np.array_equal(saved[name], dm.dataset.mol_ids[idx]):
+                raise ValueError(f"{path}: the {name} split of the data found now differs from the one this run "
+                                 "started with; resume with the same data")
 
 
 class EpochSummary(L.Callback):
@@ -61,48 +92,97 @@ class EpochSummary(L.Callback):
 
 
 def run_directory(cfg: Config) -> Path:
+    if os.environ.get(RUN_DIR_ENV):  # a DDP worker: use the directory its launcher created
+        return Path(os.environ[RUN_DIR_ENV])
     name = cfg.name or f"{cfg.preset or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.out) / name
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def train(cfg: Config, dataset=None, split=None) -> dict:
-    """Train according to ``cfg``; returns the summary also written to ``metrics.json``."""
+def resume_config(run_dir: str | Path, overrides: dict | None = None) -> Config:
+    """The saved config of ``run_dir``, with only :data:`RESUME_OVERRIDABLE` keys changed."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml; not a pairreg run directory")
+    if not (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
+        raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT_DIR}/last.ckpt yet (the run stopped before its first "
+                                "epoch ended); start it again instead")
+    data = yaml.safe_load(path.read_text())
+    for key, value in (overrides or {}).items():
+        if key not in RESUME_OVERRIDABLE:
+            raise ConfigError(f"--resume: {key} cannot change when resuming (it changes what is computed); "
+                              f"only {list(RESUME_OVERRIDABLE)} can")
+        data[key] = value
+    cfg = config_from_dict(data, source=str(path))
+    cfg.out, cfg.name = str(run_dir.parent), run_dir.name
+    return cfg
+
+
+def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
+    """Train according to ``cfg``; returns the summary also written to ``metrics.json``.
+
+    ``resume=True`` continues the run directory ``cfg.out/cfg.name`` from its ``last.ckpt``: weights,
+    optimiser, schedule, epoch/step counters, best-so-far, and the RNG states.
+    """
     started = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = run_directory(cfg)
-    _write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-    _write_atomic(run_dir / "environment.json", json.dumps(environment(), indent=2))
+    owner = launcher_rank_zero()
+    if owner and not resume:
+        _write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        _write_atomic(run_dir / "environment.json", json.dumps(environment(cfg), indent=2))
 
     dm = MoleculeDataModule(cfg, dataset, split)
-    dm.save_split(run_dir / "split.npz")
+    if resume:
+        _check_same_split(run_dir / "split.npz", dm)
+    elif owner:
+        dm.save_split(run_dir / "split.npz")
     mean, scale = target_statistics(dm.dataset, dm.split["train"])
     names, units = dm.dataset.target_names, dm.dataset.target_units
-    module = PropertyModule(cfg, names, units, mean, scale)
+    force_unit = dm.dataset.force_unit if dm.dataset.forces is not None else None
+    max_atoms = int(dm.dataset.n_atoms[dm.split["train"]].max())
+    module = PropertyModule(cfg, names, units, mean, scale, force_unit=force_unit, max_atoms_train=max_atoms)
     ckpt_cb = AtomicCheckpoint(run_dir / CHECKPOINT_DIR)
-    callbacks = [ckpt_cb, EpochSummary(list(zip(names, units)))]
+    shown = list(zip(names, units)) + ([(FORCE_NAME, force_unit)] if force_unit else [])
+    callbacks = [ckpt_cb, EpochSummary(shown)]
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
-        gradient_clip_val=cfg.grad_clip, enable_checkpointing=False, num_sanity_val_steps=0,
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes, gradient_clip_val=cfg.grad_clip, enable_checkpointing=False, num_sanity_val_steps=0,
         logger=L.pytorch.loggers.CSVLogger(str(run_dir), name="", version="logs"),
         callbacks=callbacks, enable_progress_bar=cfg.progress, enable_model_summary=False,
         log_every_n_steps=10,
+        inference_mode=False,  # validation needs autograd for forces (F = −∂E/∂x)
     )
-    print(f"[pairreg] run directory: {run_dir}\n[pairreg] train/val/test molecules: "
-          f"{len(dm.split['train'])}/{len(dm.split['val'])}/{len(dm.split['test'])}; "
-          f"model: {cfg.n_layers} layers, hidden {cfg.hidden}, mitigation {module.model.mitigation.registry_name} "
-          f"({module.model.mitigation.extra_repr() or 'no options'})", file=sys.stderr, flush=True)
+    if owner:
+        print(f"[pairreg] run directory: {run_dir}{' (resuming from checkpoints/last.ckpt)' if resume else ''}\n"
+              f"[pairreg] train/val/test molecules: "
+              f"{len(dm.split['train'])}/{len(dm.split['val'])}/{len(dm.split['test'])}; "
+              f"model: {cfg.n_layers} layers, hidden {cfg.hidden}, mitigation {module.model.mitigation.registry_name} "
+              f"({module.model.mitigation.extra_repr() or 'no options'})", file=sys.stderr, flush=True)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the workers Lightning's DDP launcher starts
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            trainer.fit(module, datamodule=dm,
+                        ckpt_path=str(run_dir / CHECKPOINT_DIR / "last.ckpt") if resume else None)
+    finally:
+        if owner:
+            os.environ.pop(RUN_DIR_ENV, None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        trainer.fit(module, datamodule=dm)
 
         summary = {"run_dir": str(run_dir), "epochs": cfg.epochs, "best_epoch": ckpt_cb.best_epoch + 1,
                    "targets": dict(zip(names, units))}
+        if force_unit:
+            summary["forces_unit"] = force_unit
+        if trainer.world_size > 1:
+            trainer.strategy.barrier()  # rank 0 has moved best.ckpt into place
         best = load_checkpoint(run_dir, "best")
         module.load_state_dict(best["state_dict"])
         val = trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)[0]
