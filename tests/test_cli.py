@@ -110,3 +110,87 @@ def test_diagnose_writes_json_and_png(trained_run, tmp_path, capsys):
     assert runs[0]["diagnostics"] == runs[1]["diagnostics"]
     png = (tmp_path / "diag" / "diagnostics.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+# ---------------------------------------------------------------- predict on real user inputs (readers, pretrained)
+
+INPUTS = __import__("pathlib").Path(__file__).parent / "fixtures" / "inputs"
+
+
+def test_predict_all_input_formats(trained_run, capsys):
+    files = [str(INPUTS / n) for n in ("three.xyz", "three.sdf", "water.mol", "ethanol.extxyz", "methane.sdf")]
+    capsys.readouterr()
+    assert main(["predict", *files, "--checkpoint", str(trained_run), "--csv"]) == 0
+    out, err = capsys.readouterr()
+    rows = list(csv.DictReader(out.splitlines()))
+    assert [r["formula"] for r in rows] == ["H2O", "CH4", "C2H6O"] * 2 + ["H2O", "C2H6O", "CH4"]
+    assert rows[0]["source"].endswith("three.xyz#1") and rows[5]["source"].endswith("three.sdf#3")
+    for a, b in zip(rows[:3], rows[3:6]):  # the same molecules as XYZ and as SDF records
+        assert float(a["homo_meV"]) == pytest.approx(float(b["homo_meV"]), abs=1e-3)
+    # which model was used, on stderr: path, targets with units, test MAE from the run's metrics.json
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"pairreg predict: model: {trained_run / 'checkpoints' / 'best.ckpt'}")
+    assert "targets: homo [meV], mu [D]; test MAE: homo " in line and line.endswith(" D")
+
+
+def test_predict_cli_errors_name_file_and_line(trained_run, tmp_path, capsys):
+    methane = (INPUTS / "methane.sdf").read_text()
+    (tmp_path / "two.sdf").write_text(methane + methane.replace("  5  4  0", "  ?  4  0"))
+    (tmp_path / "nan.xyz").write_text("2\nc\nH 0 0 0\nH 0 nan 1\n")
+    (tmp_path / "ccl4.xyz").write_text("5\nCCl4\nC 0 0 0\nCl 1 1 1\nCl -1 -1 1\nCl -1 1 -1\nCl 1 -1 -1\n")
+    cases = {"two.sdf": ":19: cannot read the counts line", "nan.xyz": ":4: coordinates contain NaN or infinity",
+             "ccl4.xyz": ":1: element Cl (Z=17) cannot be predicted: atomic number(s) [17] not known to this model, "
+                         "which was trained on H, C, N, O, F"}
+    for name, message in cases.items():
+        capsys.readouterr()
+        assert main(["predict", str(INPUTS / "water.xyz"), str(tmp_path / name), "--checkpoint", str(trained_run)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "Traceback" not in err
+        assert err.splitlines()[-1].startswith(f"pairreg predict: error: {tmp_path / name}{message}"), err
+
+
+def test_predict_warns_on_molecules_much_larger_than_training(trained_run, monkeypatch, capsys):
+    from pairreg.training import checkpoint
+
+    real_load_model = checkpoint.load_model
+
+    def load_with(max_atoms):
+        def load(*args, **kwargs):
+            model, info = real_load_model(*args, **kwargs)
+            info.pop("max_atoms_train", None)
+            if max_atoms is not None:
+                info["max_atoms_train"] = max_atoms
+            return model, info
+        return load
+
+    monkeypatch.setattr(checkpoint, "load_model", load_with(4))  # ethanol has 9 atoms > 2 × 4
+    capsys.readouterr()
+    assert main(["predict", str(INPUTS / "three.xyz"), "--checkpoint", str(trained_run), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)["predictions"]) == 3  # a warning, not an error
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == [f"pairreg predict: warning: {INPUTS / 'three.xyz'}:13: C2H6O has 9 atoms, more than twice the "
+                        "largest training molecule (4 atoms); its prediction is an extrapolation and may be unreliable"]
+    monkeypatch.setattr(checkpoint, "load_model", load_with(None))  # older checkpoints: no size recorded
+    assert main(["predict", str(INPUTS / "three.xyz"), "--checkpoint", str(trained_run)]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_predict_uses_shipped_pretrained_model(trained_run, tmp_path, monkeypatch, capsys):
+    from pairreg.cli import predict_cmd
+
+    shipped = tmp_path / "pretrained"
+    shipped.mkdir()
+    monkeypatch.setattr(predict_cmd, "pretrained_folder", lambda: shipped)
+    capsys.readouterr()
+    assert main(["predict", str(INPUTS / "water.xyz")]) == 2
+    assert capsys.readouterr().err == (
+        "pairreg predict: error: no --checkpoint given and no pretrained model is shipped with this version; "
+        "train one with `pairreg train ...` and pass --checkpoint RUN_DIR\n")
+    (shipped / "qm9-homo-mu.ckpt").write_bytes((trained_run / "checkpoints" / "best.ckpt").read_bytes())
+    (shipped / "metrics.json").write_text((trained_run / "metrics.json").read_text())
+    assert main(["predict", str(INPUTS / "water.xyz"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["checkpoint"] == str(shipped / "qm9-homo-mu.ckpt")
+    assert err.startswith(f"pairreg predict: model: {shipped / 'qm9-homo-mu.ckpt'} (epoch ")
+    assert "test MAE: homo " in err

@@ -158,6 +158,7 @@ def test_bad_files_are_named(tmp_path):
         rmd17.load_rmd17("ethanol", "official-1", root=tmp_path)
 
 
+@pytest.mark.rmd17data
 @needs_shared
 @pytest.mark.parametrize("molecule", sorted(rmd17.MOLECULES))
 def test_full_copy_every_molecule(molecule):
@@ -166,6 +167,7 @@ def test_full_copy_every_molecule(molecule):
     assert rmd17.formula(ds.atoms(0)[0]) == rmd17.MOLECULES[molecule][0]
 
 
+@pytest.mark.rmd17data
 @needs_shared
 def test_full_copy_ratio_split_sizes():
     ds, idx = rmd17.load_rmd17("aspirin", "ratio", root=SHARED)

@@ -1,27 +1,91 @@
-"""``pairreg predict FILE ... --checkpoint RUN_DIR_OR_CKPT [--json|--csv]``."""
+"""``pairreg predict FILE ... [--checkpoint RUN_DIR_OR_CKPT] [--json|--csv]``.
+
+Without ``--checkpoint`` the pretrained model shipped in ``pairreg/pretrained/`` is used, if there is one.
+Which model is used (and its test MAE, when known) is printed on stderr, so stdout stays machine-readable.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
+from importlib import resources
+from pathlib import Path
+
+NO_PRETRAINED = ("no --checkpoint given and no pretrained model is shipped with this version; "
+                 "train one with `pairreg train ...` and pass --checkpoint RUN_DIR")
 
 
 def add_parser(sub):
-    p = sub.add_parser("predict", help="predict properties of molecules in XYZ/extXYZ/SDF files")
-    p.add_argument("files", nargs="+", help="molecule files (one or many molecules each)")
-    p.add_argument("--checkpoint", required=True, help="run directory or .ckpt file")
+    p = sub.add_parser("predict", help="predict properties of molecules in XYZ/extXYZ/SDF/MOL files")
+    p.add_argument("files", nargs="+", help="molecule files (.xyz, .extxyz, .sdf, .mol; one or many molecules each)")
+    p.add_argument("--checkpoint", help="run directory or .ckpt file (default: the shipped pretrained model)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+
+
+def pretrained_folder():
+    """Where shipped checkpoints live (a Traversable: a folder, or a place inside a zip)."""
+    return resources.files("pairreg.pretrained")
+
+
+def pretrained_checkpoint():
+    """The one ``*.ckpt`` resource in ``pairreg.pretrained``; InputError when none (or several) is shipped."""
+    from ..data.readers import InputError
+
+    try:
+        folder = pretrained_folder()
+        found = sorted((f for f in folder.iterdir() if f.name.endswith(".ckpt")), key=lambda f: f.name)
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        found = []
+    if not found:
+        raise InputError(NO_PRETRAINED)
+    if len(found) > 1:
+        raise InputError(f"several pretrained models are shipped ({', '.join(f.name for f in found)}); "
+                         "choose one with --checkpoint")
+    return found[0]
+
+
+def describe_model(info) -> str:
+    """One line: checkpoint, targets with units, and the test MAE from the run's metrics.json if present."""
+    targets = ", ".join(f"{n} [{u}]" for n, u in zip(info["target_names"], info["target_units"]))
+    line = f"model: {info['path']}"
+    if info.get("epoch") is not None:
+        line += f" (epoch {info['epoch']})"
+    line += f"; targets: {targets}"
+    ckpt = Path(info["path"])
+    for metrics_file in (ckpt.parent / "metrics.json", ckpt.parent.parent / "metrics.json"):
+        if metrics_file.is_file():
+            try:
+                test = json.loads(metrics_file.read_text()).get("test") or {}
+            except (OSError, ValueError, AttributeError):
+                break  # a damaged metrics file must not stop predictions
+            maes = [f"{n} {test[f'test/{n}_mae_{u}']:.4g} {u}" for n, u in zip(info["target_names"], info["target_units"])
+                    if isinstance(test.get(f"test/{n}_mae_{u}"), (int, float))]
+            if maes:
+                line += f"; test MAE: {', '.join(maes)}"
+            break
+    return line
 
 
 def run(args) -> int:
     from ..evaluation.evaluate import predict_files
     from ..training.checkpoint import load_model
 
-    model, info = load_model(args.checkpoint)
-    rows = predict_files(model, args.files, info["target_names"], info["target_units"])
+    with contextlib.ExitStack() as stack:
+        checkpoint = args.checkpoint
+        if checkpoint is None:  # a packaged resource may live in a zip: get a real file for torch.load
+            checkpoint = stack.enter_context(resources.as_file(pretrained_checkpoint()))
+        model, info = load_model(checkpoint)
+    print(f"pairreg predict: {describe_model(info)}", file=sys.stderr)
+
+    def warn(message):
+        print(f"pairreg predict: warning: {message}", file=sys.stderr)
+
+    rows = predict_files(model, args.files, info["target_names"], info["target_units"],
+                         max_atoms_train=info.get("max_atoms_train"), warn=warn)
     if args.json:
         print(json.dumps({"checkpoint": info["path"], "predictions": rows}, indent=2))
     elif args.csv:

@@ -26,18 +26,44 @@ def mae_per_target(model, ds: MoleculeSet, batch_size: int = 96) -> dict[str, fl
     return {name: float(e) for name, e in zip(ds.target_names, err)}
 
 
-def predict_files(model, paths, target_names, target_units) -> list[dict]:
-    """One row per molecule: source, formula, n_atoms and each target with its unit."""
-    rows = []
+def predict_files(model, paths, target_names, target_units, max_atoms_train=None, warn=None) -> list[dict]:
+    """One row per molecule: source, formula, n_atoms and each target with its unit.
+
+    Every file is read and checked before the model runs, so a bad file fails fast. Elements the model
+    has no embedding for raise :class:`InputError` naming them; molecules more than twice the size of the
+    largest training molecule (``max_atoms_train``, skipped when None) only produce a warning through
+    ``warn`` (default: a line on stderr), since the prediction is possible but an extrapolation.
+    """
+    import sys
+
+    from ase.data import chemical_symbols
+
+    if warn is None:
+        def warn(message):
+            print(f"warning: {message}", file=sys.stderr)
+    known = [int(e) for e in model.features.elements]
+    known_names = ", ".join(chemical_symbols[e] for e in known)
+    molecules = []
     for path in paths:
         for mol in read_molecules(path):
-            b = make_batch([mol.z], [mol.pos])
-            try:
-                y = model.predict(b.z, b.pos, b.batch, b.edge_index, 1)[0]
-            except UnknownElementError as err:
-                raise InputError(f"{mol.source}: {err}") from None
-            row = {"source": mol.source, "formula": mol.formula, "n_atoms": int(len(mol.z))}
-            for name, unit, value in zip(target_names, target_units, y.tolist()):
-                row[f"{name}_{unit}"] = value
-            rows.append(row)
+            unknown = sorted(set(mol.z.tolist()) - set(known))
+            if unknown:
+                names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+                raise InputError(f"{mol.where}: element {names} cannot be predicted: atomic number(s) {unknown} "
+                                 f"not known to this model, which was trained on {known_names}")
+            if max_atoms_train and len(mol.z) > 2 * max_atoms_train:
+                warn(f"{mol.where}: {mol.formula} has {len(mol.z)} atoms, more than twice the largest training "
+                     f"molecule ({max_atoms_train} atoms); its prediction is an extrapolation and may be unreliable")
+            molecules.append(mol)
+    rows = []
+    for mol in molecules:
+        b = make_batch([mol.z], [mol.pos])
+        try:
+            y = model.predict(b.z, b.pos, b.batch, b.edge_index, 1)[0]
+        except UnknownElementError as err:  # not expected after the check above; kept as a safety net
+            raise InputError(f"{mol.where}: {err}") from None
+        row = {"source": mol.source, "formula": mol.formula, "n_atoms": int(len(mol.z))}
+        for name, unit, value in zip(target_names, target_units, y.tolist()):
+            row[f"{name}_{unit}"] = value
+        rows.append(row)
     return rows

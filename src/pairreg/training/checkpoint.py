@@ -94,5 +94,6 @@ def load_model(path: str | Path, which: str = "best"):
     model.load_state_dict(state)
     model.eval()
     info = {"config": cfg, "target_names": meta["target_names"], "target_units": meta["target_units"],
-            "epoch": ckpt.get("epoch"), "path": ckpt["path"]}
+            "epoch": ckpt.get("epoch"), "path": ckpt["path"], "force_unit": meta.get("force_unit"),
+            "max_atoms_train": meta.get("max_atoms_train")}
     return model, info
