@@ -51,9 +51,11 @@ class AtomicCheckpoint(L.Callback):
         if improved:
             self.best = float(value)
             self.best_epoch = trainer.current_epoch
-        self._save(trainer, "last.ckpt")
+        # best first: a kill between the two writes then leaves an older last.ckpt (that epoch is redone
+        # on resume), never a last.ckpt that claims a best.ckpt which was not written
         if improved:
             self._save(trainer, "best.ckpt")
+        self._save(trainer, "last.ckpt")
 
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:

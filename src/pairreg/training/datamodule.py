@@ -33,6 +33,24 @@ def target_statistics(ds: MoleculeSet, train_idx) -> tuple[np.ndarray, np.ndarra
     return mean, np.where(mad > 0, mad, 1.0)
 
 
+class EpochShuffle(torch.utils.data.Sampler):
+    """A shuffle that is a function of (seed, epoch) only, so a resumed run sees the same batches as an
+    uninterrupted one whatever else drew from the global RNG. Lightning calls ``set_epoch``."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class MoleculeDataModule(L.LightningDataModule):
     def __init__(self, cfg: Config, dataset: MoleculeSet | None = None, split: dict | None = None):
         super().__init__()
@@ -49,8 +67,10 @@ class MoleculeDataModule(L.LightningDataModule):
 
     def loader(self, name: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
         ds = self.sets[name]
+        # one process: our epoch-seeded shuffle; DDP: Lightning's DistributedSampler (seed + epoch, also exact)
+        sampler = EpochShuffle(len(ds), self.cfg.seed) if shuffle and self.cfg.devices * self.cfg.num_nodes == 1 else None
         return torch.utils.data.DataLoader(
-            ds, batch_size=self.cfg.batch_size, shuffle=shuffle, collate_fn=ds.collate,
+            ds, batch_size=self.cfg.batch_size, shuffle=shuffle and sampler is None, sampler=sampler, collate_fn=ds.collate,
             num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
         )
 

@@ -81,7 +81,7 @@ class PropertyModule(L.LightningModule):
             parts["force"] = f_loss.detach()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"non-finite training loss ({float(loss)}) at epoch {self.current_epoch + 1}, batch {batch_idx + 1}, "
+                f"non-finite training loss ({float(loss.detach())}) at epoch {self.current_epoch + 1}, batch {batch_idx + 1}, "
                 f"global step {self.global_step + 1}; the run stopped before this optimiser step. The last good "
                 "state is checkpoints/last.ckpt (end of the previous epoch); lower lr or set grad_clip and resume "
                 "or restart."
@@ -147,6 +147,13 @@ class PropertyModule(L.LightningModule):
             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
             "python": random.getstate(),
         }
+
+    def on_train_epoch_start(self):
+        # noise drawn in training (coord_noise) becomes a function of (seed, epoch): exact after resume
+        seed = (self.cfg.seed * 1_000_003 + self.current_epoch + 1) % 2**31
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("pairreg_rng")

@@ -136,6 +136,14 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
         _write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         _write_atomic(run_dir / "environment.json", json.dumps(environment(cfg), indent=2))
 
+    if resume and owner:  # Lightning's CSV logger starts metrics.csv afresh: keep the earlier part
+        log = run_dir / "logs" / "metrics.csv"
+        if log.is_file():
+            part = 1
+            while (run_dir / "logs" / f"metrics.part{part}.csv").exists():
+                part += 1
+            os.replace(log, run_dir / "logs" / f"metrics.part{part}.csv")
+
     dm = MoleculeDataModule(cfg, dataset, split)
     if resume:
         _check_same_split(run_dir / "split.npz", dm)
