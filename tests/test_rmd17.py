@@ -195,7 +195,7 @@ def test_forces_are_minus_the_energy_gradient(mitigation):
     e_plus, _ = m(b.z, pos + eps * d, b.batch, b.edge_index, 2)
     e_minus, _ = m(b.z, pos - eps * d, b.batch, b.edge_index, 2)
     directional = (e_plus - e_minus).sum() / (2 * eps)
-    assert float(directional) == pytest.approx(float(-(f_std * d).sum()), rel=1e-5)
+    assert float(directional) == pytest.approx(float(-(f_std * d).sum().detach()), rel=1e-5)
     energy, forces = m.predict_energy_forces(b.z, pos, b.batch, b.edge_index, 2)
     torch.testing.assert_close(forces, 250.0 * f_std)  # reporting units = scale × standardised
 
