@@ -53,7 +53,7 @@ def describe_model(info) -> str:
     targets = ", ".join(f"{n} [{u}]" for n, u in zip(info["target_names"], info["target_units"]))
     line = f"model: {info['path']}"
     if info.get("epoch") is not None:
-        line += f" (epoch {info['epoch']})"
+        line += f" (epoch {info['epoch'] + 1})"  # Lightning counts epochs from 0
     line += f"; targets: {targets}"
     ckpt = Path(info["path"])
     for metrics_file in (ckpt.parent / "metrics.json", ckpt.parent.parent / "metrics.json"):

@@ -27,7 +27,7 @@ def run(args) -> int:
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
-        print(format_summary(train(cfg, resume=True)))
+        _report(train(cfg, resume=True))
         return 0
     overrides = list(args.set) + ([f"out={args.out}"] if args.out else [])
     cfg = load_config(args.preset, overrides, args.config)
@@ -36,9 +36,15 @@ def run(args) -> int:
         return 0
     from ..training.run import train
 
-    summary = train(cfg)
-    print(format_summary(summary))
+    _report(train(cfg))
     return 0
+
+
+def _report(summary: dict) -> None:
+    from ..training.run import launcher_rank_zero
+
+    if launcher_rank_zero():  # DDP workers run this command too; print once
+        print(format_summary(summary))
 
 
 def format_summary(summary: dict) -> str:
