@@ -352,14 +352,10 @@ def load_rmd17(molecule: str, split: str = "official-1", root=None, cache_dir=No
 
 
 def formula(z) -> str:
-    """Hill formula (C, H, then alphabetical) of atomic numbers ``z``."""
-    from ase.data import chemical_symbols
+    """Hill formula (C, H, then alphabetical) of atomic numbers ``z``, as ASE writes it."""
+    from ase import Atoms
 
-    counts: dict[str, int] = {}
-    for s in (chemical_symbols[int(v)] for v in z):
-        counts[s] = counts.get(s, 0) + 1
-    order = [s for s in ("C", "H") if s in counts] + sorted(s for s in counts if s not in ("C", "H"))
-    return "".join(f"{s}{counts[s] if counts[s] > 1 else ''}" for s in order)
+    return Atoms(numbers=[int(v) for v in z]).get_chemical_formula(mode="hill")
 
 
 def describe(molecule: str, split: str = "official-1", root=None, cache_dir=None, split_seed: int = 0) -> dict:
