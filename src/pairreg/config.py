@@ -39,6 +39,8 @@ class Config:
     n_layers: int = 9
     node_attr: bool = True  # feed input atom features into every φ_h (EGNN's QM9 model)
     coord_act: str = "tanh"  # hidden activation of φ_x: tanh (PairReg) or silu (EGNN)
+    n_rbf: int = 0  # Gaussian radial basis functions of the distance in φ_e (0: EGNN's raw d² only; not the paper's)
+    rbf_max_A: float = 10.0  # last basis centre, Å (centres evenly spaced from 0 Å)
     mitigation: str = "pairreg"  # none | residual | pairreg | pairnorm | g2 | noisynodes
     # PairReg switches (None = the mitigation's default; see docs/method.md)
     residual: typing.Optional[str] = None
@@ -239,7 +241,9 @@ def validate(cfg: Config) -> Config:
     for key in ("subset_train", "subset_val", "subset_test", "threads", "grad_clip"):
         if getattr(cfg, key) is not None and getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0 or null, got {getattr(cfg, key)}")
-    for key in ("weight_decay", "warmup_epochs", "lr_min", "num_workers"):
+    if cfg.rbf_max_A <= 0:
+        raise ConfigError(f"rbf_max_A must be > 0 Å, got {cfg.rbf_max_A}")
+    for key in ("weight_decay", "warmup_epochs", "lr_min", "num_workers", "n_rbf"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.warmup_epochs > cfg.epochs:

@@ -1,14 +1,14 @@
-"""Entry point: ``pairreg {train,evaluate,predict,diagnose,data} ...``."""
+"""Entry point: ``pairreg {train,evaluate,predict,diagnose,data,bench} ...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import data_cmd, diagnose_cmd, evaluate_cmd, predict_cmd, train_cmd
+from . import bench_cmd, data_cmd, diagnose_cmd, evaluate_cmd, predict_cmd, train_cmd
 
 COMMANDS = {"train": train_cmd, "evaluate": evaluate_cmd, "predict": predict_cmd, "diagnose": diagnose_cmd,
-            "data": data_cmd}
+            "data": data_cmd, "bench": bench_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,6 +67,7 @@ class MoleculeModel(nn.Module):
         mitigation_options: keyword options of the mitigation (e.g. ``{"reg_weight": 1.0}``).
         node_attr: concatenate the input atom features into φ_h of every layer (EGNN's QM9 model; default True).
         coord_act: hidden activation of φ_x, ``"tanh"`` (default) or ``"silu"``.
+        n_rbf, rbf_max_A: optional Gaussian distance basis in φ_e (default 0: off, as EGNN; see backbones/egnn.py).
         elements, charge_power: atom features (default H, C, N, O, F and powers 0..2 of Z/9).
         target_mean, target_scale: per-target standardisation (reporting units); prediction = mean + scale · output.
     """
@@ -80,6 +81,8 @@ class MoleculeModel(nn.Module):
         mitigation_options: dict | None = None,
         node_attr: bool = True,
         coord_act: str = "tanh",
+        n_rbf: int = 0,
+        rbf_max_A: float = 10.0,
         elements=DEFAULT_ELEMENTS,
         charge_power: int = 2,
         target_mean=None,
@@ -90,7 +93,8 @@ class MoleculeModel(nn.Module):
         self.embedding = nn.Linear(self.features.dim, hidden)
         self.node_attr = node_attr
         mit = build_mitigation(mitigation, n_layers, hidden, **(mitigation_options or {}))
-        self.backbone = EGNNBackbone(n_layers, hidden, mit, self.features.dim if node_attr else 0, coord_act)
+        self.backbone = EGNNBackbone(n_layers, hidden, mit, self.features.dim if node_attr else 0, coord_act,
+                                     n_rbf=n_rbf, rbf_max_A=rbf_max_A)
         self.node_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.graph_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_targets))
         mean = torch.zeros(n_targets) if target_mean is None else torch.as_tensor(np.asarray(target_mean), dtype=torch.float64)

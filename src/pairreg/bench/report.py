@@ -1,0 +1,182 @@
+"""Tables (Markdown, mean ± std over seeds, units in headers) and PNG plots of a study's finished cells."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..training.module import FORCE_NAME, metric_name
+from .runner import seed_stats
+from .studies import Study
+
+MITIGATION_ORDER = ("none", "pairreg", "pairnorm", "g2")
+
+
+def fmt(mean: float, std: float, n: int) -> str:
+    if n == 0 or math.isnan(mean):
+        return "–"
+    digits = 3 if abs(mean) < 10 else 1
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" + ("" if n > 1 else " (1 seed)")
+
+
+def _metric(result: dict, split: str, name: str, unit: str) -> float | None:
+    return result.get(split, {}).get(metric_name(split, name, unit))
+
+
+def _units(results: list[dict]) -> dict[str, str]:
+    """target → unit, read back from the metric names of the results (e.g. test/homo_mae_meV)."""
+    units = {}
+    for r in results:
+        for key in r.get("test", {}):
+            if "_mae_" in key and not key.endswith("mae_std"):
+                name, unit = key.split("/", 1)[1].split("_mae_")
+                units[name] = unit.replace("_per_", "/")
+    return units
+
+
+def _groups(results: list[dict]) -> list[str]:
+    seen = list(dict.fromkeys(r["group"] for r in results))
+    return sorted(seen, key=lambda g: (MITIGATION_ORDER.index(g) if g in MITIGATION_ORDER else len(MITIGATION_ORDER),
+                                       seen.index(g)))
+
+
+def depth_table(results: list[dict], name: str, unit: str, split: str = "test") -> str:
+    depths = sorted({r["x"] for r in results})
+    lines = [f"| {split} {name} MAE ({unit}) | " + " | ".join(f"{d} layers" for d in depths) + " |",
+             "|---|" + "---|" * len(depths)]
+    for group in _groups(results):
+        cells = []
+        for d in depths:
+            vals = [_metric(r, split, name, unit) for r in results if r["group"] == group and r["x"] == d]
+            cells.append(fmt(*seed_stats(vals)))
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def variant_table(results: list[dict], order: list[str] | None = None, split: str = "test") -> str:
+    """Rows = groups (variants or mitigations), columns = every target's MAE plus E_L/E_1."""
+    units = _units(results)
+    names = [n for n in units if n != FORCE_NAME] + ([FORCE_NAME] if FORCE_NAME in units else [])
+    groups = order or _groups(results)
+    header = [f"{split} {n} MAE ({units[n]})" for n in names] + ["E_L/E_1 (probe)", "seeds"]
+    lines = ["| variant | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for group in groups:
+        rows = [r for r in results if r["group"] == group]
+        if not rows:
+            continue
+        cells = [fmt(*seed_stats([_metric(r, split, n, units[n]) for r in rows])) for n in names]
+        cells.append(fmt(*seed_stats([dirichlet_ratio(r) for r in rows])))
+        cells.append(str(len(rows)))
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_table(results: list[dict], split: str = "test") -> str:
+    """QM9: rows = targets (with units), columns = mitigations."""
+    units = _units(results)
+    groups = _groups(results)
+    lines = [f"| {split} MAE | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+    for name, unit in units.items():
+        cells = []
+        for g in groups:
+            rows = [r for r in results if r["group"] == g and (r["x"] is None or r["x"] == name)]
+            cells.append(fmt(*seed_stats([_metric(r, split, name, unit) for r in rows])))
+        lines.append(f"| {name} ({unit}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def dirichlet_ratio(result: dict) -> float:
+    """E_L / E_1 of the node features on the probe molecules (index 1 = after layer 1)."""
+    e = result.get("diagnostics", {}).get("dirichlet_h", [])
+    return e[-1] / e[1] if len(e) > 2 and e[1] > 0 else float("nan")
+
+
+def study_tables(study: Study, results: list[dict]) -> str:
+    head = f"<!-- {study.describe()}; {len(results)} of {len(study.cells)} cells finished -->"
+    if study.name == "depth":
+        parts = [depth_table(results, "energy", "meV")]
+        if any(_metric(r, "test", FORCE_NAME, "meV/Angstrom") is not None for r in results):
+            parts.append(depth_table(results, FORCE_NAME, "meV/Angstrom"))
+        return "\n\n".join([head, *parts])
+    if study.name == "ablation":
+        order = [g for g in dict.fromkeys(c.group for c in study.cells)]
+        return head + "\n\n" + variant_table(results, order)
+    return head + "\n\n" + target_table(results)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_mae_vs_depth(results: list[dict], path: Path) -> Path:
+    plt = _plt()
+    panels = [("energy", "meV")] + ([(FORCE_NAME, "meV/Angstrom")]
+                                   if any(_metric(r, "test", FORCE_NAME, "meV/Angstrom") is not None for r in results) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for ax, (name, unit) in zip(axes[0], panels):
+        for group in _groups(results):
+            depths = sorted({r["x"] for r in results if r["group"] == group})
+            stats = [seed_stats([_metric(r, "test", name, unit) for r in results if r["group"] == group and r["x"] == d])
+                     for d in depths]
+            ax.errorbar(depths, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", ms=4, capsize=3,
+                        label=group)
+        ax.set_xlabel("number of EGCL layers")
+        ax.set_ylabel(f"test {name} MAE ({unit.replace('Angstrom', 'Å')})")
+        ax.set_title(f"{name} MAE vs depth (mean ± std over seeds)", fontsize=10)
+        ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_dirichlet_per_layer(results: list[dict], path: Path, title: str) -> Path:
+    """Seed-averaged Dirichlet energy of h vs layer, one line per group (its deepest runs for the depth study)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for group in _groups(results):
+        rows = [r for r in results if r["group"] == group]
+        if rows and isinstance(rows[0]["x"], int):
+            deepest = max(r["x"] for r in rows)
+            rows = [r for r in rows if r["x"] == deepest]
+            label = f"{group}, {deepest} layers"
+        else:
+            label = group
+        curves = [r["diagnostics"]["dirichlet_h"] for r in rows if r.get("diagnostics")]
+        if not curves:
+            continue
+        mean = np.exp(np.mean(np.log(np.maximum(np.asarray(curves), 1e-12)), axis=0))  # geometric mean over seeds
+        ax.plot(range(len(mean)), mean, marker="o", ms=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (0 = embedding)")
+    ax.set_ylabel("Dirichlet energy E(h) (probe molecules)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
+def write_report(study: Study, results: list[dict], out: Path) -> list[Path]:
+    """Write ``table.md`` and the study's PNGs into ``out``; returns the paths."""
+    out = Path(out)
+    table = out / "table.md"
+    table.write_text(study_tables(study, results) + "\n")
+    paths = [table]
+    if not results:
+        return paths
+    if study.name == "depth":
+        paths.append(plot_mae_vs_depth(results, out / "mae_vs_depth.png"))
+    paths.append(plot_dirichlet_per_layer(results, out / "dirichlet_per_layer.png",
+                                          f"{study.name} ({study.preset} preset): Dirichlet energy per layer"))
+    return paths

@@ -1,0 +1,152 @@
+"""Run a study's cells one after another, resumably.
+
+Layout of ``--out DIR``::
+
+    study.json          what the study is (name, preset, base overrides, extra --set); a different
+                        study in the same folder is refused, so cells are never mixed
+    runs/<cell>/        each cell's pairreg run directory (config, checkpoints, metrics.json)
+    cells/<cell>.json   each finished cell: config, metrics, diagnostics, wall time (written last,
+                        atomically: its presence means "done, do not re-run")
+
+A cell interrupted mid-training resumes from its ``runs/<cell>/checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, load_config
+from ..training.run import RESUME_OVERRIDABLE, resume_config, train
+from .studies import Cell, Study
+
+PROBE_MOLECULES = 100  # first test molecules/frames on which per-layer oversmoothing measures are taken
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def cell_config(study: Study, cell: Cell, out: Path, extra: list[str]):
+    overrides = [*study.base_overrides, *cell.overrides, *extra,
+                 "progress=false", f"out={out / 'runs'}", f"name={cell.key}"]
+    return load_config(study.base_preset, overrides)
+
+
+def _manifest(study: Study, extra: list[str]) -> dict:
+    return {"study": study.name, "preset": study.preset, "base_preset": study.base_preset,
+            "base_overrides": study.base_overrides, "extra_overrides": list(extra)}
+
+
+def check_manifest(out: Path, study: Study, extra: list[str]) -> None:
+    """Write ``study.json``, or check that the folder holds the same study (else refuse to mix)."""
+    path = out / "study.json"
+    want = _manifest(study, extra)
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have != want:
+            diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+            raise ConfigError(f"{path}: this folder holds a different study or settings ({diff}, as (saved, now)); "
+                              "use another --out, or the same options as before")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(path, want)
+
+
+def _probe_diagnostics(run_dir: Path, cfg, dataset) -> dict:
+    from ..evaluation.diagnostics import diagnose_model
+    from ..training.checkpoint import load_model
+    from ..training.datamodule import build_splits
+
+    model, _ = load_model(run_dir)
+    ds, split = build_splits(cfg, dataset)
+    return diagnose_model(model, ds.subset(split["test"][:PROBE_MOLECULES]))
+
+
+def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None) -> dict:
+    cfg = cell_config(study, cell, out, extra)
+    run_dir = out / "runs" / cell.key
+    started = time.perf_counter()
+    if (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "metrics.json").is_file():
+        saved = resume_config(run_dir)
+        changed = [k for k, v in cfg.to_dict().items() if k not in RESUME_OVERRIDABLE and getattr(saved, k) != v]
+        if changed:
+            raise ConfigError(f"{run_dir}: the interrupted run was started with other values of {changed}; "
+                              "delete that run directory or use another --out")
+        print(f"[bench] resuming {cell.key} from its last checkpoint", file=sys.stderr, flush=True)
+        summary = train(saved, dataset=dataset, resume=True)
+    elif (run_dir / "metrics.json").is_file():  # trained, but the cell JSON was not written yet
+        summary = json.loads((run_dir / "metrics.json").read_text())
+    else:
+        summary = train(cfg, dataset=dataset)
+    diagnostics = _probe_diagnostics(run_dir, cfg, dataset)
+    result = {
+        "study": study.name, "preset": study.preset, "cell": cell.key, "group": cell.group, "x": cell.x,
+        "seed": cell.seed, "overrides": list(cell.overrides), "config": cfg.to_dict(),
+        "best_epoch": summary["best_epoch"], "epochs": summary["epochs"],
+        "val": summary.get("val", {}), "test": summary.get("test", {}),
+        "train_wall_time_s": summary.get("wall_time_s"), "cell_wall_time_s": round(time.perf_counter() - started, 1),
+        "diagnostics_probe": f"first {PROBE_MOLECULES} test molecules", "diagnostics": diagnostics,
+        "torch_threads": torch.get_num_threads(),
+    }
+    _write_json(out / "cells" / f"{cell.key}.json", result)
+    return result
+
+
+def describe_cell(cell: Cell) -> str:
+    where = "" if cell.x is None else (f", {cell.x} layers" if isinstance(cell.x, int) else f", {cell.x}")
+    return f"{cell.group}{where}, seed {cell.seed}"
+
+
+def load_results(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+
+
+def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log=None) -> list[dict]:
+    """Run every unfinished cell of ``study`` into ``out``; returns all finished cells' results."""
+    out, extra = Path(out), list(extra or [])
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for cell in study.cells[:1]:  # fail fast on a bad --set before anything is written
+        cell_config(study, cell, out, extra)
+    check_manifest(out, study, extra)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    todo = [c for c in study.cells if not (out / "cells" / f"{c.key}.json").is_file()]
+    done_before = len(study.cells) - len(todo)
+    if done_before:
+        log(f"[bench {study.name}] {done_before} of {len(study.cells)} cells already finished in {out}; skipping them")
+    dataset = None
+    if study.dataset == "qm9" and todo:
+        from ..data import qm9
+
+        dataset = qm9.load_qm9(list(study.targets))
+    t0, cost_done = time.perf_counter(), 0.0
+    cost_left = sum(c.cost for c in todo)
+    for k, cell in enumerate(todo):
+        elapsed = time.perf_counter() - t0
+        eta = f"{elapsed / cost_done * cost_left / 60:.1f} min" if cost_done else "after the first cell"
+        position = done_before + k + 1
+        log(f"[bench {study.name}] cell {position}/{len(study.cells)}: {describe_cell(cell)} "
+            f"| elapsed {elapsed / 60:.1f} min, ETA {eta}")
+        run_cell(study, cell, out, extra, dataset)
+        cost_done += cell.cost
+        cost_left -= cell.cost
+    if todo:
+        log(f"[bench {study.name}] all {len(study.cells)} cells finished; this sitting took "
+            f"{(time.perf_counter() - t0) / 60:.1f} min")
+    return load_results(out)
+
+
+def seed_stats(values) -> tuple[float, float, int]:
+    """(mean, sample std (0 for one seed), n) of finite values."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if not len(v):
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)

@@ -1,0 +1,49 @@
+"""``pairreg bench {depth,ablation,qm9-table} --preset cpu|paper [--seeds K] --out DIR``.
+
+Runs the unfinished cells of a study (a finished cell is never re-run; an interrupted one resumes
+from its last checkpoint), then writes ``table.md`` and PNG plots into DIR. ``--report`` only
+rewrites the table and plots from the cells finished so far; ``--list`` prints the cells.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(sub):
+    p = sub.add_parser("bench", help="reproduce the paper's studies (depth, ablation, qm9-table)")
+    p.add_argument("study", choices=["depth", "ablation", "qm9-table"])
+    p.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
+                   help="cpu: sized for ~2 h on 2 CPU cores (default); paper: the paper's protocol (GPU)")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: the study's, 2 or 3)")
+    p.add_argument("--molecule", default="aspirin", help="rMD17 molecule for depth and ablation (default aspirin)")
+    p.add_argument("--out", help="study folder (default runs/bench/<study>-<preset>)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for every cell (e.g. data_root=DIR accelerator=gpu)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--report", action="store_true", help="only write the table and plots from finished cells")
+    mode.add_argument("--list", action="store_true", help="print the cells and which are finished, run nothing")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..bench.report import write_report
+    from ..bench.runner import describe_cell, load_results, run_study
+    from ..bench.studies import build_study
+
+    study = build_study(args.study, args.preset, args.seeds, args.molecule)
+    out = Path(args.out or f"runs/bench/{args.study}-{args.preset}")
+    if args.list:
+        print(study.describe())
+        for k, cell in enumerate(study.cells, 1):
+            done = (out / "cells" / f"{cell.key}.json").is_file()
+            print(f"{k:3d}. {'done ' if done else 'to do'}  {cell.key:28s} {describe_cell(cell)}")
+        return 0
+    results = load_results(out) if args.report else run_study(study, out, args.set)
+    keys = {c.key for c in study.cells}
+    results = [r for r in results if r["cell"] in keys]
+    for path in write_report(study, results, out):
+        print(f"wrote {path}", file=sys.stderr)
+    print((out / "table.md").read_text(), end="")
+    return 0

@@ -1,0 +1,157 @@
+"""The study runner (`pairreg bench`): grids, resumability, tables and plots, on the rMD17 fixture."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pairreg.bench import runner
+from pairreg.bench.report import dirichlet_ratio, fmt, write_report
+from pairreg.bench.studies import ABLATION_VARIANTS, DEPTHS, Cell, Study, build_study
+from pairreg.cli.main import main
+from pairreg.config import ConfigError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "rmd17"
+TINY = ["hidden=8", "epochs=1", "batch_size=8", "threads=1", f"data_root={FIXTURE}"]
+
+
+def test_depth_grid_matches_the_issue():
+    study = build_study("depth", "cpu")
+    per = Counter((c.group, c.x) for c in study.cells)
+    for mitigation in ("none", "pairreg"):
+        assert [per[(mitigation, d)] for d in DEPTHS] == [3] * len(DEPTHS)
+    for mitigation in ("pairnorm", "g2"):
+        assert {d for (g, d) in per if g == mitigation} == {3, 9}
+        assert per[(mitigation, 3)] == per[(mitigation, 9)] == 2
+    assert len(study.cells) == 6 * 3 * 2 + 2 * 2 * 2
+    seeds = [c.seed for c in study.cells]
+    assert seeds == sorted(seeds), "seed 0 of every configuration runs first"
+    assert len({c.key for c in study.cells}) == len(study.cells)
+
+
+def test_seeds_option_and_other_studies():
+    assert {c.seed for c in build_study("depth", "cpu", seeds=1).cells} == {0}
+    ablation = build_study("ablation", "cpu")
+    assert len(ablation.cells) == 2 * len(ABLATION_VARIANTS)
+    assert {"EGNN (none)", "node only", "coord only", "full (default)"} <= {c.group for c in ablation.cells}
+    cpu = build_study("qm9-table", "cpu")
+    assert Counter(c.group for c in cpu.cells) == {"none": 2, "pairnorm": 2, "g2": 2, "pairreg": 2}
+    paper = build_study("qm9-table", "paper")
+    assert len({c.x for c in paper.cells}) == 12
+    with pytest.raises(ValueError, match="--seeds"):
+        build_study("depth", "cpu", seeds=0)
+    with pytest.raises(ValueError, match="preset"):
+        build_study("depth", "gpu")
+
+
+@pytest.mark.parametrize("name", ["depth", "ablation", "qm9-table"])
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_every_cell_has_a_valid_config(name, preset, tmp_path):
+    study = build_study(name, preset)
+    for cell in study.cells:
+        cfg = runner.cell_config(study, cell, tmp_path, [])
+        assert cfg.seed == cell.seed and cfg.name == cell.key
+        if name != "qm9-table":
+            assert cfg.dataset == "rmd17" and cfg.molecule == "aspirin"
+        if name == "ablation":
+            assert cfg.n_layers == 9
+
+
+def test_mean_std_formatting_and_ratio():
+    mean, std, n = runner.seed_stats([1.0, 2.0, 3.0, float("nan"), None])
+    assert (mean, n) == (2.0, 3) and std == pytest.approx(np.std([1, 2, 3], ddof=1))
+    assert fmt(mean, std, n) == "2.000 ± 1.000"
+    assert fmt(250.0, 0.0, 1) == "250.0 ± 0.0 (1 seed)"
+    assert fmt(*runner.seed_stats([])) == "–"
+    assert dirichlet_ratio({"diagnostics": {"dirichlet_h": [9.0, 4.0, 2.0, 1.0]}}) == 0.25
+
+
+def tiny_study() -> Study:
+    study = Study("depth", "cpu", "rmd17-cpu", ["molecule=ethanol"])
+    for depth in (1, 2):
+        study.cells.append(Cell(f"none-L{depth}-s0", "none", depth, 0, ("mitigation=none", f"n_layers={depth}", "seed=0"),
+                                float(depth)))
+    return study
+
+
+def test_run_study_writes_cells_table_plots_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    results = runner.run_study(tiny_study(), out, TINY, log=lambda m: None)
+    assert sorted(r["cell"] for r in results) == ["none-L1-s0", "none-L2-s0"]
+    saved = json.loads((out / "cells" / "none-L2-s0.json").read_text())
+    assert saved["config"]["n_layers"] == 2 and saved["config"]["hidden"] == 8
+    assert len(saved["diagnostics"]["dirichlet_h"]) == 3  # embedding + 2 layers
+    assert saved["test"]["test/energy_mae_meV"] > 0 and "test/forces_mae_meV_per_Angstrom" in saved["test"]
+    paths = write_report(tiny_study(), results, out)
+    table = (out / "table.md").read_text()
+    assert "test energy MAE (meV)" in table and "1 layers" in table and "2 layers" in table
+    assert "test forces MAE (meV/Angstrom)" in table
+    expected = f"{saved['test']['test/energy_mae_meV']:.1f} ± 0.0 (1 seed)"
+    assert expected in table
+    for png in ("mae_vs_depth.png", "dirichlet_per_layer.png"):
+        assert (out / png) in paths and (out / png).read_bytes()[:4] == b"\x89PNG"
+
+    # a second sitting trains nothing
+    def no_training(*a, **k):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(runner, "train", no_training)
+    logs = []
+    again = runner.run_study(tiny_study(), out, TINY, log=logs.append)
+    assert len(again) == 2 and "2 of 2 cells already finished" in logs[0]
+    # a cell whose run finished but whose JSON was lost is rebuilt from metrics.json, not retrained
+    (out / "cells" / "none-L1-s0.json").unlink()
+    rebuilt = runner.run_study(tiny_study(), out, TINY, log=lambda m: None)
+    assert {r["cell"] for r in rebuilt} == {"none-L1-s0", "none-L2-s0"}
+
+
+def test_interrupted_cell_resumes_and_changed_settings_are_refused(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    study = tiny_study()
+    study.cells = study.cells[:1]
+    runner.run_study(study, out, TINY, log=lambda m: None)
+    run_dir = out / "runs" / "none-L1-s0"
+    # make it look interrupted after its last checkpoint: no metrics.json, no cell JSON
+    (run_dir / "metrics.json").unlink()
+    (out / "cells" / "none-L1-s0.json").unlink()
+    calls = []
+    real_train = runner.train
+    monkeypatch.setattr(runner, "train", lambda cfg, dataset=None, resume=False: calls.append(resume) or real_train(
+        cfg, dataset=dataset, resume=resume))
+    runner.run_study(study, out, TINY, log=lambda m: None)
+    assert calls == [True]
+    # other settings in the same folder: refused before anything runs
+    with pytest.raises(ConfigError, match="different study or settings"):
+        runner.run_study(study, out, [*TINY[:-1], "hidden=16", TINY[-1]], log=lambda m: None)
+
+
+def test_bad_override_fails_before_writing(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'hiden'"):
+        runner.run_study(tiny_study(), tmp_path / "s", ["hiden=8"], log=lambda m: None)
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_list_and_report(tmp_path, capsys):
+    assert main(["bench", "ablation", "--list", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "study ablation, preset cpu: 20 cells" in text and text.count("to do") == 20
+    assert main(["bench", "depth", "--report", "--out", str(tmp_path)]) == 0
+    assert "test energy MAE (meV)" in (tmp_path / "table.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["bench", "depth", "--preset", "tpu"])
+
+
+@pytest.mark.slow
+def test_cli_runs_a_whole_small_study(tmp_path, capsys):
+    """`pairreg bench depth --seeds 1` end to end on the ethanol fixture (16 tiny cells)."""
+    out = tmp_path / "depth"
+    args = ["bench", "depth", "--seeds", "1", "--molecule", "ethanol", "--out", str(out), "--set", *TINY, "hidden=4"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "cell 16/16" in captured.err and "ETA" in captured.err
+    assert "| pairreg |" in captured.out and "| g2 |" in captured.out
+    assert len(list((out / "cells").glob("*.json"))) == 16
