@@ -194,3 +194,24 @@ def test_predict_uses_shipped_pretrained_model(trained_run, tmp_path, monkeypatc
     assert json.loads(out)["checkpoint"] == str(shipped / "qm9-homo-mu.ckpt")
     assert err.startswith(f"pairreg predict: model: {shipped / 'qm9-homo-mu.ckpt'} (epoch ")
     assert "test MAE: homo " in err
+
+
+def test_export_writes_a_slim_self_describing_checkpoint(trained_run, tmp_path, capsys):
+    from pairreg.cli.predict_cmd import describe_model
+    from pairreg.training.checkpoint import load_model
+
+    dest = tmp_path / "slim.ckpt"
+    assert main(["export", str(trained_run), str(dest)]) == 0
+    full = trained_run / "checkpoints" / "best.ckpt"
+    assert dest.stat().st_size < 0.6 * full.stat().st_size  # no optimiser moments
+    slim_model, slim_info = load_model(dest)
+    model, info = load_model(trained_run)
+    batch = qm9.load_qm9(["homo", "mu"]).collate(np.arange(8))
+    np.testing.assert_array_equal(slim_model.predict(batch.z, batch.pos, batch.batch).numpy(),
+                                  model.predict(batch.z, batch.pos, batch.batch).numpy())
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert slim_info["metrics"]["test"] == metrics["test"]
+    # the test MAE travels inside the file: no metrics.json is needed beside it
+    assert f"test MAE: homo {metrics['test']['test/homo_mae_meV']:.4g} meV" in describe_model(slim_info)
+    assert main(["export", str(tmp_path / "nowhere"), str(tmp_path / "x.ckpt")]) == 2
+    assert "no such checkpoint or run directory" in capsys.readouterr().err

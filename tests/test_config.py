@@ -45,6 +45,8 @@ def test_paper_preset_is_the_papers_schedule():
     (["update_coords=false", "reg_target=previous"], "update_coords is off"),
     (["warmup_epochs=20", "epochs=10"], "exceeds epochs"),
     (["lr"], "expected key=value"),
+    (["n_rbf=-4"], "n_rbf must be >= 0"),
+    (["n_rbf=16", "rbf_max_A=0"], "rbf_max_A must be > 0 Å"),
 ])
 def test_bad_overrides_name_the_field(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -68,3 +70,11 @@ def test_warmup_cosine_schedule():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert max(f) == pytest.approx(1.0) and f[-1] < 0.01 and f[-1] >= 1e-4
     assert all(a >= b for a, b in zip(f[9:], f[10:]))
+
+
+def test_distance_basis_is_used_only_when_asked():
+    plain = build_model(load_config("qm9-demo", ["hidden=8", "n_layers=2"]))
+    basis = build_model(load_config("rmd17-cpu", ["hidden=8", "n_layers=2"]))
+    assert not hasattr(plain.backbone.layers[0], "edge_in_rbf")
+    layer = basis.backbone.layers[0]
+    assert layer.edge_in_rbf.in_features == 64 and float(layer.rbf_centres[-1]) == 6.0

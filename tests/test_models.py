@@ -27,13 +27,16 @@ VARIANTS = {
     "g2": ("g2", {}),
     "g2-mean-coords": ("g2", {"g2_aggregation": "mean", "g2_p": 1.5, "update_coords": True}),
     "noisynodes": ("noisynodes", {}),
+    "pairreg+rbf": ("pairreg", {}, {"n_rbf": 16, "rbf_max_A": 6.0}),  # distance basis in φ_e (rmd17-cpu)
+    "none+rbf": ("none", {}, {"n_rbf": 8}),
 }
 
 
 def make_model(variant, depth, hidden=16, seed=0):
     torch.manual_seed(seed)
-    mitigation, options = VARIANTS[variant]
-    return MoleculeModel(n_targets=2, hidden=hidden, n_layers=depth, mitigation=mitigation, mitigation_options=options)
+    mitigation, options, *model_options = VARIANTS[variant]
+    return MoleculeModel(n_targets=2, hidden=hidden, n_layers=depth, mitigation=mitigation, mitigation_options=options,
+                         **(model_options[0] if model_options else {}))
 
 
 def perturb_coord_weights(model):

@@ -177,17 +177,18 @@ def test_full_copy_ratio_split_sizes():
 
 # --- forces from the energy model --------------------------------------------------------------------
 
-def _model(mitigation="pairreg"):
+def _model(mitigation="pairreg", n_rbf=0):
     torch.manual_seed(0)
     return MoleculeModel(n_targets=1, hidden=16, n_layers=3, mitigation=mitigation, target_mean=[-1e5],
-                         target_scale=[250.0]).double()
+                         target_scale=[250.0], n_rbf=n_rbf, rbf_max_A=6.0).double()
 
 
+@pytest.mark.parametrize("n_rbf", [0, 16])
 @pytest.mark.parametrize("mitigation", ["none", "pairreg"])
-def test_forces_are_minus_the_energy_gradient(mitigation):
+def test_forces_are_minus_the_energy_gradient(mitigation, n_rbf):
     ds, _ = rmd17.load_rmd17("ethanol", "official-1", root=FIXTURE)
     b = ds.collate([0, 5])
-    m = _model(mitigation)
+    m = _model(mitigation, n_rbf)
     pos = b.pos.double()
     _, f_std, _ = m.energy_and_forces(b.z, pos, b.batch, b.edge_index, 2)
     d = torch.randn_like(pos, generator=torch.Generator().manual_seed(1))
@@ -200,11 +201,12 @@ def test_forces_are_minus_the_energy_gradient(mitigation):
     torch.testing.assert_close(forces, 250.0 * f_std)  # reporting units = scale × standardised
 
 
+@pytest.mark.parametrize("n_rbf", [0, 16])
 @pytest.mark.parametrize("mitigation", ["none", "pairreg"])
-def test_forces_rotate_with_the_molecule(mitigation):
+def test_forces_rotate_with_the_molecule(mitigation, n_rbf):
     ds, _ = rmd17.load_rmd17("aspirin", "official-1", root=FIXTURE)
     b = ds.collate([0, 1, 2])
-    m = _model(mitigation)
+    m = _model(mitigation, n_rbf)
     pos = b.pos.double()
     e, f = m.predict_energy_forces(b.z, pos, b.batch, b.edge_index, 3)
     gen = torch.Generator().manual_seed(3)

@@ -1,14 +1,14 @@
-"""Entry point: ``pairreg {train,evaluate,predict,diagnose,data,bench} ...``."""
+"""Entry point: ``pairreg {train,evaluate,predict,diagnose,data,bench,export} ...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import bench_cmd, data_cmd, diagnose_cmd, evaluate_cmd, predict_cmd, train_cmd
+from . import bench_cmd, data_cmd, diagnose_cmd, evaluate_cmd, export_cmd, predict_cmd, train_cmd
 
 COMMANDS = {"train": train_cmd, "evaluate": evaluate_cmd, "predict": predict_cmd, "diagnose": diagnose_cmd,
-            "data": data_cmd, "bench": bench_cmd}
+            "data": data_cmd, "bench": bench_cmd, "export": export_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

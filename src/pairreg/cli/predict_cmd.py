@@ -55,19 +55,24 @@ def describe_model(info) -> str:
     if info.get("epoch") is not None:
         line += f" (epoch {info['epoch'] + 1})"  # Lightning counts epochs from 0
     line += f"; targets: {targets}"
-    ckpt = Path(info["path"])
+    test = (info.get("metrics") or {}).get("test") or _test_metrics_beside(Path(info["path"]))
+    maes = [f"{n} {test[f'test/{n}_mae_{u}']:.4g} {u}" for n, u in zip(info["target_names"], info["target_units"])
+            if isinstance(test.get(f"test/{n}_mae_{u}"), (int, float))]
+    if maes:
+        line += f"; test MAE: {', '.join(maes)}"
+    return line
+
+
+def _test_metrics_beside(ckpt: Path) -> dict:
+    """The "test" section of the run's metrics.json next to (or one folder above) a checkpoint file."""
     for metrics_file in (ckpt.parent / "metrics.json", ckpt.parent.parent / "metrics.json"):
         if metrics_file.is_file():
             try:
                 test = json.loads(metrics_file.read_text()).get("test") or {}
             except (OSError, ValueError, AttributeError):
-                break  # a damaged metrics file must not stop predictions
-            maes = [f"{n} {test[f'test/{n}_mae_{u}']:.4g} {u}" for n, u in zip(info["target_names"], info["target_units"])
-                    if isinstance(test.get(f"test/{n}_mae_{u}"), (int, float))]
-            if maes:
-                line += f"; test MAE: {', '.join(maes)}"
-            break
-    return line
+                return {}  # a damaged metrics file must not stop predictions
+            return test if isinstance(test, dict) else {}
+    return {}
 
 
 def run(args) -> int:

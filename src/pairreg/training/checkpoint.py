@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -97,5 +98,29 @@ def load_model(path: str | Path, which: str = "best"):
     model.eval()
     info = {"config": cfg, "target_names": meta["target_names"], "target_units": meta["target_units"],
             "epoch": ckpt.get("epoch"), "path": ckpt["path"], "force_unit": meta.get("force_unit"),
-            "max_atoms_train": meta.get("max_atoms_train")}
+            "max_atoms_train": meta.get("max_atoms_train"), "metrics": meta.get("metrics")}
     return model, info
+
+
+def export_checkpoint(run_dir: str | Path, dest: str | Path) -> Path:
+    """A slim, self-describing copy of a run's best checkpoint, for sharing or shipping.
+
+    Keeps the weights, the ``pairreg`` section (config, targets and units) and adds the run's
+    ``metrics.json`` (val/test MAE, best epoch, wall time) under ``pairreg.metrics``; drops the
+    optimiser and scheduler state, the RNG states and callback state (about two thirds of the file).
+    :func:`load_model` reads it like any checkpoint.
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    ckpt = load_checkpoint(run_dir, "best")
+    meta = dict(ckpt["pairreg"])
+    metrics_file = run_dir / "metrics.json" if run_dir.is_dir() else None
+    if metrics_file is not None and metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        meta["metrics"] = {k: metrics[k] for k in ("val", "test", "best_epoch", "epochs", "wall_time_s") if k in metrics}
+    slim = {"state_dict": {k: v.detach().clone() for k, v in ckpt["state_dict"].items()}, "pairreg": meta,
+            "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    torch.save(slim, tmp)
+    os.replace(tmp, dest)
+    return dest
