@@ -49,6 +49,16 @@ def test_select_targets(sample):
         sample.select_targets(["homoo"])
 
 
+def test_shared_dataset_is_narrowed_to_the_run_targets(sample):
+    """`pairreg bench qm9-table --preset paper` loads all 12 targets once and trains one model per target."""
+    from pairreg.config import load_config
+    from pairreg.training.datamodule import build_splits
+
+    ds, _ = build_splits(load_config("qm9-paper", ["targets=gap"]), sample)
+    assert ds.target_names == ["gap"] and ds.y.shape == (120, 1)
+    np.testing.assert_array_equal(ds.y[:, 0], sample.y[:, sample.target_names.index("gap")])
+
+
 def test_egnn_split_sizes_disjoint_and_deterministic():
     a = qm9.egnn_split(qm9.N_MOLECULES)
     assert {k: len(v) for k, v in a.items()} == {"train": 100_000, "val": 17_748, "test": 13_083}

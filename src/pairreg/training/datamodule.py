@@ -19,6 +19,8 @@ def build_splits(cfg: Config, dataset: MoleculeSet | None = None) -> tuple[Molec
         ds, split = rmd17.load_rmd17(cfg.molecule, cfg.split or "official-1", cfg.data_root, split_seed=cfg.split_seed)
     else:
         ds = dataset if dataset is not None else qm9.load_qm9(cfg.targets)
+        if ds.target_names != list(cfg.targets):  # e.g. one 12-target dataset shared by per-target runs
+            ds = ds.select_targets(cfg.targets)
         split = qm9.egnn_split(len(ds), cfg.split_seed)
     limits = {"train": cfg.subset_train, "val": cfg.subset_val, "test": cfg.subset_test}
     split = {k: (v[: limits[k]] if limits[k] else v) for k, v in split.items()}
