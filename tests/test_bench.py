@@ -65,7 +65,7 @@ def test_mean_std_formatting_and_ratio():
     mean, std, n = runner.seed_stats([1.0, 2.0, 3.0, float("nan"), None])
     assert (mean, n) == (2.0, 3) and std == pytest.approx(np.std([1, 2, 3], ddof=1))
     assert fmt(mean, std, n) == "2.000 ± 1.000"
-    assert fmt(250.0, 0.0, 1) == "250.0 ± 0.0 (1 seed)"
+    assert fmt(250.0, 0.0, 1) == "250.0 (1 seed)"
     assert fmt(*runner.seed_stats([])) == "–"
     assert dirichlet_ratio({"diagnostics": {"dirichlet_h": [9.0, 4.0, 2.0, 1.0]}}) == 0.25
 
@@ -88,9 +88,9 @@ def test_run_study_writes_cells_table_plots_and_resumes(tmp_path, monkeypatch):
     assert saved["test"]["test/energy_mae_meV"] > 0 and "test/forces_mae_meV_per_Angstrom" in saved["test"]
     paths = write_report(tiny_study(), results, out)
     table = (out / "table.md").read_text()
-    assert "test energy MAE (meV)" in table and "1 layers" in table and "2 layers" in table
-    assert "test forces MAE (meV/Angstrom)" in table
-    expected = f"{saved['test']['test/energy_mae_meV']:.1f} ± 0.0 (1 seed)"
+    assert "test energy MAE (meV)" in table and "| 1 layer | 2 layers |" in table
+    assert "test forces MAE (meV/Å)" in table
+    expected = f"{saved['test']['test/energy_mae_meV']:.1f} (1 seed)"
     assert expected in table
     for png in ("mae_vs_depth.png", "dirichlet_per_layer.png"):
         assert (out / png) in paths and (out / png).read_bytes()[:4] == b"\x89PNG"

@@ -15,10 +15,19 @@ MITIGATION_ORDER = ("none", "pairreg", "pairnorm", "g2")
 
 
 def fmt(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` over seeds; one seed shows its value and says so; none is a dash."""
     if n == 0 or math.isnan(mean):
         return "–"
     digits = 3 if abs(mean) < 10 else 1
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" + ("" if n > 1 else " (1 seed)")
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f} (1 seed)"
+
+
+def pretty_unit(unit: str) -> str:
+    return unit.replace("Angstrom", "Å")
+
+
+def layers(n: int) -> str:
+    return f"{n} layer" if n == 1 else f"{n} layers"
 
 
 def _metric(result: dict, split: str, name: str, unit: str) -> float | None:
@@ -42,11 +51,12 @@ def _groups(results: list[dict]) -> list[str]:
                                        seen.index(g)))
 
 
-def depth_table(results: list[dict], name: str, unit: str, split: str = "test") -> str:
-    depths = sorted({r["x"] for r in results})
-    lines = [f"| {split} {name} MAE ({unit}) | " + " | ".join(f"{d} layers" for d in depths) + " |",
+def depth_table(results: list[dict], name: str, unit: str, split: str = "test", depths=None, groups=None) -> str:
+    """Rows = mitigations, columns = depths (the planned ones when given; "–" = not run (yet))."""
+    depths = sorted(depths or {r["x"] for r in results})
+    lines = [f"| {split} {name} MAE ({pretty_unit(unit)}) | " + " | ".join(layers(d) for d in depths) + " |",
              "|---|" + "---|" * len(depths)]
-    for group in _groups(results):
+    for group in groups or _groups(results):
         cells = []
         for d in depths:
             vals = [_metric(r, split, name, unit) for r in results if r["group"] == group and r["x"] == d]
@@ -60,7 +70,7 @@ def variant_table(results: list[dict], order: list[str] | None = None, split: st
     units = _units(results)
     names = [n for n in units if n != FORCE_NAME] + ([FORCE_NAME] if FORCE_NAME in units else [])
     groups = order or _groups(results)
-    header = [f"{split} {n} MAE ({units[n]})" for n in names] + ["E_L/E_1 (probe)", "seeds"]
+    header = [f"{split} {n} MAE ({pretty_unit(units[n])})" for n in names] + ["E_L/E_1 (probe)", "seeds"]
     lines = ["| variant | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for group in groups:
         rows = [r for r in results if r["group"] == group]
@@ -83,7 +93,7 @@ def target_table(results: list[dict], split: str = "test") -> str:
         for g in groups:
             rows = [r for r in results if r["group"] == g and (r["x"] is None or r["x"] == name)]
             cells.append(fmt(*seed_stats([_metric(r, split, name, unit) for r in rows])))
-        lines.append(f"| {name} ({unit}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} ({pretty_unit(unit)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -96,9 +106,11 @@ def dirichlet_ratio(result: dict) -> float:
 def study_tables(study: Study, results: list[dict]) -> str:
     head = f"<!-- {study.describe()}; {len(results)} of {len(study.cells)} cells finished -->"
     if study.name == "depth":
-        parts = [depth_table(results, "energy", "meV")]
+        planned = {c.x for c in study.cells}
+        groups = list(dict.fromkeys(c.group for c in study.cells))
+        parts = [depth_table(results, "energy", "meV", depths=planned, groups=groups)]
         if any(_metric(r, "test", FORCE_NAME, "meV/Angstrom") is not None for r in results):
-            parts.append(depth_table(results, FORCE_NAME, "meV/Angstrom"))
+            parts.append(depth_table(results, FORCE_NAME, "meV/Angstrom", depths=planned, groups=groups))
         return "\n\n".join([head, *parts])
     if study.name == "ablation":
         order = [g for g in dict.fromkeys(c.group for c in study.cells)]
@@ -136,7 +148,7 @@ def plot_mae_vs_depth(results: list[dict], path: Path) -> Path:
             ax.errorbar(depths, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", ms=4, capsize=3,
                         label=group)
         ax.set_xlabel("number of EGCL layers")
-        ax.set_ylabel(f"test {name} MAE ({unit.replace('Angstrom', 'Å')})")
+        ax.set_ylabel(f"test {name} MAE ({pretty_unit(unit)})")
         ax.set_title(f"{name} MAE vs depth (mean ± std over seeds)", fontsize=10)
         ax.legend(fontsize=8)
     return _save(plt, fig, path)
