@@ -155,3 +155,11 @@ def test_cli_runs_a_whole_small_study(tmp_path, capsys):
     assert "cell 16/16" in captured.err and "ETA" in captured.err
     assert "| pairreg |" in captured.out and "| g2 |" in captured.out
     assert len(list((out / "cells").glob("*.json"))) == 16
+
+
+def test_metric_names_parse_back_to_target_and_unit():
+    from pairreg.training.module import metric_name, parse_metric_name
+
+    for split, target, unit in [("val", "forces", "meV/Angstrom"), ("test", "homo", "meV"), ("test", "mu", "D")]:
+        assert parse_metric_name(metric_name(split, target, unit)) == (split, target, unit)
+    assert parse_metric_name("val/mae_std") is None and parse_metric_name("train/loss") is None

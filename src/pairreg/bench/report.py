@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..training.module import FORCE_NAME, metric_name
+from ..training.module import FORCE_NAME, metric_name, parse_metric_name
 from .runner import seed_stats
 from .studies import Study
 
@@ -38,11 +38,13 @@ def _units(results: list[dict]) -> dict[str, str]:
     """target → unit, read back from the metric names of the results (e.g. test/homo_mae_meV)."""
     units = {}
     for r in results:
-        for key in r.get("test", {}):
-            if "_mae_" in key and not key.endswith("mae_std"):
-                name, unit = key.split("/", 1)[1].split("_mae_")
-                units[name] = unit.replace("_per_", "/")
+        for parsed in filter(None, map(parse_metric_name, r.get("test", {}))):
+            units[parsed[1]] = parsed[2]
     return units
+
+
+def _has_forces(results: list[dict]) -> bool:
+    return any(_metric(r, "test", FORCE_NAME, "meV/Angstrom") is not None for r in results)
 
 
 def _groups(results: list[dict]) -> list[str]:
@@ -105,16 +107,15 @@ def dirichlet_ratio(result: dict) -> float:
 
 def study_tables(study: Study, results: list[dict]) -> str:
     head = f"<!-- {study.describe()}; {len(results)} of {len(study.cells)} cells finished -->"
+    planned_groups = list(dict.fromkeys(c.group for c in study.cells))
     if study.name == "depth":
         planned = {c.x for c in study.cells}
-        groups = list(dict.fromkeys(c.group for c in study.cells))
-        parts = [depth_table(results, "energy", "meV", depths=planned, groups=groups)]
-        if any(_metric(r, "test", FORCE_NAME, "meV/Angstrom") is not None for r in results):
-            parts.append(depth_table(results, FORCE_NAME, "meV/Angstrom", depths=planned, groups=groups))
+        parts = [depth_table(results, "energy", "meV", depths=planned, groups=planned_groups)]
+        if _has_forces(results):
+            parts.append(depth_table(results, FORCE_NAME, "meV/Angstrom", depths=planned, groups=planned_groups))
         return "\n\n".join([head, *parts])
     if study.name == "ablation":
-        order = [g for g in dict.fromkeys(c.group for c in study.cells)]
-        return head + "\n\n" + variant_table(results, order)
+        return head + "\n\n" + variant_table(results, planned_groups)
     return head + "\n\n" + target_table(results)
 
 
@@ -137,8 +138,7 @@ def _save(plt, fig, path: Path) -> Path:
 
 def plot_mae_vs_depth(results: list[dict], path: Path) -> Path:
     plt = _plt()
-    panels = [("energy", "meV")] + ([(FORCE_NAME, "meV/Angstrom")]
-                                   if any(_metric(r, "test", FORCE_NAME, "meV/Angstrom") is not None for r in results) else [])
+    panels = [("energy", "meV")] + ([(FORCE_NAME, "meV/Angstrom")] if _has_forces(results) else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, (name, unit) in zip(axes[0], panels):
         for group in _groups(results):

@@ -14,7 +14,6 @@ A cell interrupted mid-training resumes from its ``runs/<cell>/checkpoints/last.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,16 +22,15 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, load_config
-from ..training.run import RESUME_OVERRIDABLE, resume_config, train
+from ..training.run import RESUME_OVERRIDABLE, resume_config, train, write_atomic
 from .studies import Cell, Study
 
 PROBE_MOLECULES = 100  # first test molecules/frames on which per-layer oversmoothing measures are taken
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+def cell_file(out: Path, cell: Cell) -> Path:
+    """The JSON file whose presence means ``cell`` is finished."""
+    return out / "cells" / f"{cell.key}.json"
 
 
 def cell_config(study: Study, cell: Cell, out: Path, extra: list[str]):
@@ -58,7 +56,7 @@ def check_manifest(out: Path, study: Study, extra: list[str]) -> None:
                               "use another --out, or the same options as before")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(path, want)
+        write_atomic(path, json.dumps(want, indent=1))
 
 
 def _probe_diagnostics(run_dir: Path, cfg, dataset) -> dict:
@@ -97,7 +95,7 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
         "diagnostics_probe": f"first {PROBE_MOLECULES} test molecules", "diagnostics": diagnostics,
         "torch_threads": torch.get_num_threads(),
     }
-    _write_json(out / "cells" / f"{cell.key}.json", result)
+    write_atomic(cell_file(out, cell), json.dumps(result, indent=1))
     return result
 
 
@@ -114,11 +112,11 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
     """Run every unfinished cell of ``study`` into ``out``; returns all finished cells' results."""
     out, extra = Path(out), list(extra or [])
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    for cell in study.cells[:1]:  # fail fast on a bad --set before anything is written
-        cell_config(study, cell, out, extra)
+    if study.cells:  # fail fast on a bad --set before anything is written
+        cell_config(study, study.cells[0], out, extra)
     check_manifest(out, study, extra)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    todo = [c for c in study.cells if not (out / "cells" / f"{c.key}.json").is_file()]
+    todo = [c for c in study.cells if not cell_file(out, c).is_file()]
     done_before = len(study.cells) - len(todo)
     if done_before:
         log(f"[bench {study.name}] {done_before} of {len(study.cells)} cells already finished in {out}; skipping them")

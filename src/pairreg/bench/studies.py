@@ -71,6 +71,11 @@ def _safe(text: str) -> str:
     return "-".join(p for p in keep.split("-") if p)
 
 
+def _cost(mitigation: str, n_layers: int) -> float:
+    """Relative cost of a cell for the ETA: layers, doubled for G2 (it runs a second EGCL per layer)."""
+    return n_layers * (2.0 if mitigation == "g2" else 1.0)
+
+
 def _seeds(default: int, override: int | None) -> range:
     return range(override if override is not None else default)
 
@@ -86,7 +91,7 @@ def depth_study(preset: str, seeds: int | None = None, molecule: str = "aspirin"
             for seed in _seeds(n_seeds, seeds):
                 study.cells.append(Cell(f"{mitigation}-L{depth}-s{seed}", mitigation, depth, seed,
                                         (f"mitigation={mitigation}", f"n_layers={depth}", f"seed={seed}"),
-                                        depth * (2.0 if mitigation == "g2" else 1.0)))
+                                        _cost(mitigation, depth)))
     return study
 
 
@@ -110,7 +115,7 @@ def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
             for seed in _seeds(2, seeds):
                 study.cells.append(Cell(f"{mitigation}-s{seed}", mitigation, None, seed,
                                         (f"mitigation={mitigation}", f"seed={seed}"),
-                                        9.0 * (2.0 if mitigation == "g2" else 1.0)))
+                                        _cost(mitigation, 9)))
         return study
     targets = tuple(qm9.TARGET_NAMES)
     study = Study("qm9-table", preset, "qm9-paper", [], dataset="qm9", targets=targets)
@@ -120,7 +125,7 @@ def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
             for seed in _seeds(1, seeds):
                 study.cells.append(Cell(f"{_safe(target)}-{mitigation}-s{seed}", mitigation, target, seed,
                                         (f"targets={target}", f"mitigation={mitigation}", f"seed={seed}"),
-                                        9.0 * (2.0 if mitigation == "g2" else 1.0)))
+                                        _cost(mitigation, 9)))
     return study
 
 

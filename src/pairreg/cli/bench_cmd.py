@@ -29,7 +29,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..bench.report import write_report
-    from ..bench.runner import describe_cell, load_results, run_study
+    from ..bench.runner import cell_file, describe_cell, load_results, run_study
     from ..bench.studies import build_study
 
     study = build_study(args.study, args.preset, args.seeds, args.molecule)
@@ -37,7 +37,7 @@ def run(args) -> int:
     if args.list:
         print(study.describe())
         for k, cell in enumerate(study.cells, 1):
-            done = (out / "cells" / f"{cell.key}.json").is_file()
+            done = cell_file(out, cell).is_file()
             print(f"{k:3d}. {'done ' if done else 'to do'}  {cell.key:28s} {describe_cell(cell)}")
         return 0
     results = load_results(out) if args.report else run_study(study, out, args.set)

@@ -48,13 +48,16 @@ def _report(summary: dict) -> None:
 
 
 def format_summary(summary: dict) -> str:
+    from ..training.module import parse_metric_name
+
     lines = [f"best epoch: {summary['best_epoch']} of {summary['epochs']}"]
     for split in ("val", "test"):
         for key, value in summary.get(split, {}).items():
-            if key.endswith("mae_std"):
+            parsed = parse_metric_name(key)
+            if parsed is None:
                 continue
-            name, unit = key.split("/", 1)[1].split("_mae_")
-            lines.append(f"{split} MAE {name}: {value:.4f} {unit.replace('_per_', '/')}")
+            _, name, unit = parsed
+            lines.append(f"{split} MAE {name}: {value:.4f} {unit}")
     lines.append(f"wall time: {summary['wall_time_s'] / 60:.1f} min")
     lines.append(f"run directory: {summary['run_dir']} (config.yaml, split.npz, checkpoints/, logs/, metrics.json)")
     return "\n".join(lines)

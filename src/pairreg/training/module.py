@@ -29,6 +29,16 @@ def metric_name(split: str, target: str, unit: str) -> str:
     return f"{split}/{target}_mae_{unit.replace('^', '').replace('/', '_per_')}"
 
 
+def parse_metric_name(key: str) -> tuple[str, str, str] | None:
+    """``"val/forces_mae_meV_per_Angstrom"`` → ``("val", "forces", "meV/Angstrom")``; None for other keys
+    (e.g. ``val/mae_std``, ``train/loss``)."""
+    split, _, rest = key.partition("/")
+    if "_mae_" not in rest:
+        return None
+    target, unit = rest.split("_mae_", 1)
+    return split, target, unit.replace("_per_", "/")
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, lr: float, lr_min: float) -> float:
     """Multiplier of the base lr at optimiser step ``step`` (linear warm-up, then cosine to lr_min)."""
     if schedule == "constant":

@@ -34,7 +34,8 @@ def launcher_rank_zero() -> bool:
     return node == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and move it into place (never half-written)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -133,8 +134,8 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
     run_dir = run_directory(cfg)
     owner = launcher_rank_zero()
     if owner and not resume:
-        _write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-        _write_atomic(run_dir / "environment.json", json.dumps(environment(cfg), indent=2))
+        write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        write_atomic(run_dir / "environment.json", json.dumps(environment(cfg), indent=2))
 
     if resume and owner:  # Lightning's CSV logger starts metrics.csv afresh: keep the earlier part
         log = run_dir / "logs" / "metrics.csv"
@@ -200,5 +201,5 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
             summary["test"] = {k: v for k, v in test.items() if k.startswith("test/")}
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     if trainer.is_global_zero:
-        _write_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
+        write_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
     return summary
