@@ -129,6 +129,30 @@ def test_interrupted_cell_resumes_and_changed_settings_are_refused(tmp_path, mon
         runner.run_study(study, out, [*TINY[:-1], "hidden=16", TINY[-1]], log=lambda m: None)
 
 
+def test_identical_cells_of_another_study_are_reused_not_retrained(tmp_path, monkeypatch):
+    first = tmp_path / "depth"
+    runner.run_study(tiny_study(), first, TINY, log=lambda m: None)
+    # another study whose first cell computes the same thing (same layers, seed, settings) and whose
+    # second does not (other seed): only the first is copied
+    other = Study("ablation", "cpu", "rmd17-cpu", ["molecule=ethanol", "n_layers=2"])
+    other.cells = [Cell("EGNN-s0", "EGNN (none)", None, 0, ("mitigation=none", "seed=0"), 2.0),
+                   Cell("EGNN-s1", "EGNN (none)", None, 1, ("mitigation=none", "seed=1"), 2.0)]
+    trained = []
+    real_train = runner.train
+    monkeypatch.setattr(runner, "train", lambda cfg, dataset=None, resume=False: trained.append(cfg.seed) or real_train(
+        cfg, dataset=dataset, resume=resume))
+    logs = []
+    results = runner.run_study(other, tmp_path / "ablation", TINY, log=logs.append, reuse=[first])
+    assert trained == [1]
+    copied = next(r for r in results if r["cell"] == "EGNN-s0")
+    source = json.loads((first / "cells" / "none-L2-s0.json").read_text())
+    assert copied["reused_from"].endswith("none-L2-s0.json") and copied["group"] == "EGNN (none)"
+    assert copied["test"] == source["test"] and copied["config"]["name"] == "EGNN-s0"
+    assert any("reused" in m for m in logs)
+    with pytest.raises(ConfigError, match="no finished cells"):
+        runner.run_study(other, tmp_path / "ablation", TINY, log=lambda m: None, reuse=[tmp_path / "nowhere"])
+
+
 def test_bad_override_fails_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'hiden'"):
         runner.run_study(tiny_study(), tmp_path / "s", ["hiden=8"], log=lambda m: None)

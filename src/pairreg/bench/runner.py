@@ -99,6 +99,36 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
     return result
 
 
+# Config keys that name where a run lives or how it is run, not what it computes
+RUN_PLACE_KEYS = ("out", "name", *RESUME_OVERRIDABLE)
+
+
+def config_identity(config: dict) -> str:
+    """What a cell computes: its config without the keys that only say where or how it ran."""
+    return json.dumps({k: v for k, v in config.items() if k not in RUN_PLACE_KEYS}, sort_keys=True)
+
+
+def reusable_cells(folders: list[Path]) -> dict[str, Path]:
+    """Finished cells of other study folders, by what they compute (``--reuse``)."""
+    found = {}
+    for folder in folders:
+        if not (folder / "cells").is_dir():
+            raise ConfigError(f"--reuse {folder}: no finished cells there (expected {folder / 'cells'}/*.json)")
+        for path in sorted((folder / "cells").glob("*.json")):
+            found.setdefault(config_identity(json.loads(path.read_text())["config"]), path)
+    return found
+
+
+def reuse_cell(study: Study, cell: Cell, out: Path, extra: list[str], source: Path) -> dict:
+    """Write ``cell``'s JSON from an identical finished cell of another study (no training)."""
+    result = json.loads(source.read_text())
+    result.update({"study": study.name, "preset": study.preset, "cell": cell.key, "group": cell.group,
+                   "x": cell.x, "seed": cell.seed, "overrides": list(cell.overrides),
+                   "config": cell_config(study, cell, out, extra).to_dict(), "reused_from": str(source)})
+    write_atomic(cell_file(out, cell), json.dumps(result, indent=1))
+    return result
+
+
 def describe_cell(cell: Cell) -> str:
     where = "" if cell.x is None else (f", {cell.x} layers" if isinstance(cell.x, int) else f", {cell.x}")
     return f"{cell.group}{where}, seed {cell.seed}"
@@ -108,8 +138,14 @@ def load_results(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
 
 
-def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log=None) -> list[dict]:
-    """Run every unfinished cell of ``study`` into ``out``; returns all finished cells' results."""
+def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log=None,
+              reuse: list[str | Path] | None = None) -> list[dict]:
+    """Run every unfinished cell of ``study`` into ``out``; returns all finished cells' results.
+
+    A cell whose configuration equals a finished cell in one of the ``reuse`` folders (say the
+    ablation's 9-layer EGNN and PairReg, which the depth study already trained) is copied from
+    there, marked ``reused_from``, instead of being trained again.
+    """
     out, extra = Path(out), list(extra or [])
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if study.cells:  # fail fast on a bad --set before anything is written
@@ -117,6 +153,13 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
     check_manifest(out, study, extra)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     todo = [c for c in study.cells if not cell_file(out, c).is_file()]
+    elsewhere = reusable_cells([Path(f) for f in reuse or []])
+    for cell in list(todo):
+        source = elsewhere.get(config_identity(cell_config(study, cell, out, extra).to_dict()))
+        if source is not None:
+            reuse_cell(study, cell, out, extra, source)
+            todo.remove(cell)
+            log(f"[bench {study.name}] {describe_cell(cell)}: reused {source} (same configuration)")
     done_before = len(study.cells) - len(todo)
     if done_before:
         log(f"[bench {study.name}] {done_before} of {len(study.cells)} cells already finished in {out}; skipping them")

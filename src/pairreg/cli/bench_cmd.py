@@ -20,6 +20,9 @@ def add_parser(sub):
     p.add_argument("--out", help="study folder (default runs/bench/<study>-<preset>)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for every cell (e.g. data_root=DIR accelerator=gpu)")
+    p.add_argument("--reuse", nargs="+", default=[], metavar="DIR",
+                   help="other study folders whose finished cells with the same configuration are copied, "
+                        "not trained again (e.g. the ablation reuses the depth study's 9-layer cells)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true", help="only write the table and plots from finished cells")
     mode.add_argument("--list", action="store_true", help="print the cells and which are finished, run nothing")
@@ -40,7 +43,7 @@ def run(args) -> int:
             done = cell_file(out, cell).is_file()
             print(f"{k:3d}. {'done ' if done else 'to do'}  {cell.key:28s} {describe_cell(cell)}")
         return 0
-    results = load_results(out) if args.report else run_study(study, out, args.set)
+    results = load_results(out) if args.report else run_study(study, out, args.set, reuse=args.reuse)
     keys = {c.key for c in study.cells}
     results = [r for r in results if r["cell"] in keys]
     for path in write_report(study, results, out):
