@@ -168,16 +168,22 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
         from ..data import qm9
 
         dataset = qm9.load_qm9(list(study.targets))
-    t0, cost_done = time.perf_counter(), 0.0
+    t0 = time.perf_counter()
+    # the ETA's pace comes from cells trained from scratch in this sitting (a resumed cell is quicker)
+    paced_s, paced_cost = 0.0, 0.0
     cost_left = sum(c.cost for c in todo)
     for k, cell in enumerate(todo):
         elapsed = time.perf_counter() - t0
-        eta = f"{elapsed / cost_done * cost_left / 60:.1f} min" if cost_done else "after the first cell"
+        eta = f"{paced_s / paced_cost * cost_left / 60:.1f} min" if paced_cost else "after the first new cell"
         position = done_before + k + 1
         log(f"[bench {study.name}] cell {position}/{len(study.cells)}: {describe_cell(cell)} "
             f"| elapsed {elapsed / 60:.1f} min, ETA {eta}")
+        from_scratch = not (out / "runs" / cell.key).exists()
+        started = time.perf_counter()
         run_cell(study, cell, out, extra, dataset)
-        cost_done += cell.cost
+        if from_scratch:
+            paced_s += time.perf_counter() - started
+            paced_cost += cell.cost
         cost_left -= cell.cost
     if todo:
         log(f"[bench {study.name}] all {len(study.cells)} cells finished; this sitting took "
