@@ -92,6 +92,10 @@ def test_run_study_writes_cells_table_plots_and_resumes(tmp_path, monkeypatch):
     assert "test forces MAE (meV/Å)" in table
     expected = f"{saved['test']['test/energy_mae_meV']:.1f} (1 seed)"
     assert expected in table
+    e = saved["diagnostics"]["dirichlet_h"]
+    lines = table.splitlines()
+    ratio_row = lines[next(i for i, line in enumerate(lines) if line.startswith("| E_L/E_1")) + 2]
+    assert ratio_row == f"| none | – | {fmt(e[2] / e[1], 0.0, 1)} |"  # one layer has no ratio
     for png in ("mae_vs_depth.png", "dirichlet_per_layer.png"):
         assert (out / png) in paths and (out / png).read_bytes()[:4] == b"\x89PNG"
 

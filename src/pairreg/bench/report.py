@@ -53,15 +53,20 @@ def _groups(results: list[dict]) -> list[str]:
                                        seen.index(g)))
 
 
-def depth_table(results: list[dict], name: str, unit: str, split: str = "test", depths=None, groups=None) -> str:
-    """Rows = mitigations, columns = depths (the planned ones when given; "–" = not run (yet))."""
+def depth_table(results: list[dict], name: str, unit: str, split: str = "test", depths=None, groups=None,
+                value=None, title: str | None = None) -> str:
+    """Rows = mitigations, columns = depths (the planned ones when given; "–" = not run (yet)).
+
+    Cells hold the ``split`` MAE of ``name``, or ``value(result)`` when given (titled ``title``).
+    """
     depths = sorted(depths or {r["x"] for r in results})
-    lines = [f"| {split} {name} MAE ({pretty_unit(unit)}) | " + " | ".join(layers(d) for d in depths) + " |",
-             "|---|" + "---|" * len(depths)]
+    value = value or (lambda r: _metric(r, split, name, unit))
+    title = title or f"{split} {name} MAE ({pretty_unit(unit)})"
+    lines = [f"| {title} | " + " | ".join(layers(d) for d in depths) + " |", "|---|" + "---|" * len(depths)]
     for group in groups or _groups(results):
         cells = []
         for d in depths:
-            vals = [_metric(r, split, name, unit) for r in results if r["group"] == group and r["x"] == d]
+            vals = [value(r) for r in results if r["group"] == group and r["x"] == d]
             cells.append(fmt(*seed_stats(vals)))
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -113,6 +118,8 @@ def study_tables(study: Study, results: list[dict]) -> str:
         parts = [depth_table(results, "energy", "meV", depths=planned, groups=planned_groups)]
         if _has_forces(results):
             parts.append(depth_table(results, FORCE_NAME, "meV/Angstrom", depths=planned, groups=planned_groups))
+        parts.append(depth_table(results, "", "", depths=planned, groups=planned_groups, value=dirichlet_ratio,
+                                 title="E_L/E_1 of h (probe; < 1: features flatten with depth)"))
         return "\n\n".join([head, *parts])
     if study.name == "ablation":
         return head + "\n\n" + variant_table(results, planned_groups)
