@@ -153,6 +153,11 @@ def test_identical_cells_of_another_study_are_reused_not_retrained(tmp_path, mon
     assert copied["reused_from"].endswith("none-L2-s0.json") and copied["group"] == "EGNN (none)"
     assert copied["test"] == source["test"] and copied["config"]["name"] == "EGNN-s0"
     assert any("reused" in m for m in logs)
+    write_report(other, results, tmp_path / "ablation")
+    table = (tmp_path / "ablation" / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| EGNN (none)"))
+    # EGNN (none) keeps the input coordinates: their energy ratio is exactly 1
+    assert "E_x,L/E_x,0 of coordinates" in table and row.split(" | ")[-2] == "1.000 ± 0.000"
     with pytest.raises(ConfigError, match="no finished cells"):
         runner.run_study(other, tmp_path / "ablation", TINY, log=lambda m: None, reuse=[tmp_path / "nowhere"])
 

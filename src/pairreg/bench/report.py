@@ -77,7 +77,8 @@ def variant_table(results: list[dict], order: list[str] | None = None, split: st
     units = _units(results)
     names = [n for n in units if n != FORCE_NAME] + ([FORCE_NAME] if FORCE_NAME in units else [])
     groups = order or _groups(results)
-    header = [f"{split} {n} MAE ({pretty_unit(units[n])})" for n in names] + ["E_L/E_1 (probe)", "seeds"]
+    header = [f"{split} {n} MAE ({pretty_unit(units[n])})" for n in names] + [
+        "E_L/E_1 of h (probe)", "E_x,L/E_x,0 of coordinates (probe)", "seeds"]
     lines = ["| variant | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for group in groups:
         rows = [r for r in results if r["group"] == group]
@@ -85,6 +86,7 @@ def variant_table(results: list[dict], order: list[str] | None = None, split: st
             continue
         cells = [fmt(*seed_stats([_metric(r, split, n, units[n]) for r in rows])) for n in names]
         cells.append(fmt(*seed_stats([dirichlet_ratio(r) for r in rows])))
+        cells.append(fmt(*seed_stats([coordinate_ratio(r) for r in rows])))
         cells.append(str(len(rows)))
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -108,6 +110,12 @@ def dirichlet_ratio(result: dict) -> float:
     """E_L / E_1 of the node features on the probe molecules (index 1 = after layer 1)."""
     e = result.get("diagnostics", {}).get("dirichlet_h", [])
     return e[-1] / e[1] if len(e) > 2 and e[1] > 0 else float("nan")
+
+
+def coordinate_ratio(result: dict) -> float:
+    """Dirichlet energy of the coordinates after the last layer over the input's (< 1: the molecule contracts)."""
+    e = result.get("diagnostics", {}).get("dirichlet_x_A2", [])
+    return e[-1] / e[0] if len(e) > 1 and e[0] > 0 else float("nan")
 
 
 def study_tables(study: Study, results: list[dict]) -> str:
