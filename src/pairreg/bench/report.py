@@ -53,15 +53,17 @@ def _groups(results: list[dict]) -> list[str]:
                                        seen.index(g)))
 
 
-def depth_table(results: list[dict], name: str, unit: str, split: str = "test", depths=None, groups=None,
-                value=None, title: str | None = None) -> str:
+def mae_column(name: str, unit: str, split: str = "test") -> tuple[str, object]:
+    """(header, value of a result) for the ``split`` MAE of target ``name`` in ``unit``."""
+    return f"{split} {name} MAE ({pretty_unit(unit)})", lambda r: _metric(r, split, name, unit)
+
+
+def depth_table(results: list[dict], title: str, value, depths=None, groups=None) -> str:
     """Rows = mitigations, columns = depths (the planned ones when given; "–" = not run (yet)).
 
-    Cells hold the ``split`` MAE of ``name``, or ``value(result)`` when given (titled ``title``).
+    Each cell holds ``value(result)`` over the seeds of that mitigation and depth.
     """
     depths = sorted(depths or {r["x"] for r in results})
-    value = value or (lambda r: _metric(r, split, name, unit))
-    title = title or f"{split} {name} MAE ({pretty_unit(unit)})"
     lines = [f"| {title} | " + " | ".join(layers(d) for d in depths) + " |", "|---|" + "---|" * len(depths)]
     for group in groups or _groups(results):
         cells = []
@@ -77,14 +79,15 @@ def variant_table(results: list[dict], order: list[str] | None = None, split: st
     units = _units(results)
     names = [n for n in units if n != FORCE_NAME] + ([FORCE_NAME] if FORCE_NAME in units else [])
     groups = order or _groups(results)
-    header = [f"{split} {n} MAE ({pretty_unit(units[n])})" for n in names] + [
+    columns = [mae_column(n, units[n], split) for n in names]
+    header = [title for title, _ in columns] + [
         "E_L/E_1 of h (probe)", "E_x,L/E_x,0 of coordinates (probe)", "seeds"]
     lines = ["| variant | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for group in groups:
         rows = [r for r in results if r["group"] == group]
         if not rows:
             continue
-        cells = [fmt(*seed_stats([_metric(r, split, n, units[n]) for r in rows])) for n in names]
+        cells = [fmt(*seed_stats([value(r) for r in rows])) for _, value in columns]
         cells.append(fmt(*seed_stats([dirichlet_ratio(r) for r in rows])))
         cells.append(fmt(*seed_stats([coordinate_ratio(r) for r in rows])))
         cells.append(str(len(rows)))
@@ -123,11 +126,9 @@ def study_tables(study: Study, results: list[dict]) -> str:
     planned_groups = list(dict.fromkeys(c.group for c in study.cells))
     if study.name == "depth":
         planned = {c.x for c in study.cells}
-        parts = [depth_table(results, "energy", "meV", depths=planned, groups=planned_groups)]
-        if _has_forces(results):
-            parts.append(depth_table(results, FORCE_NAME, "meV/Angstrom", depths=planned, groups=planned_groups))
-        parts.append(depth_table(results, "", "", depths=planned, groups=planned_groups, value=dirichlet_ratio,
-                                 title="E_L/E_1 of h (probe; < 1: features flatten with depth)"))
+        columns = [mae_column("energy", "meV")] + ([mae_column(FORCE_NAME, "meV/Angstrom")] if _has_forces(results) else [])
+        columns.append(("E_L/E_1 of h (probe; < 1: features flatten with depth)", dirichlet_ratio))
+        parts = [depth_table(results, title, value, depths=planned, groups=planned_groups) for title, value in columns]
         return "\n\n".join([head, *parts])
     if study.name == "ablation":
         return head + "\n\n" + variant_table(results, planned_groups)

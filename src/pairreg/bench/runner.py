@@ -119,12 +119,12 @@ def reusable_cells(folders: list[Path]) -> dict[str, Path]:
     return found
 
 
-def reuse_cell(study: Study, cell: Cell, out: Path, extra: list[str], source: Path) -> dict:
-    """Write ``cell``'s JSON from an identical finished cell of another study (no training)."""
+def reuse_cell(study: Study, cell: Cell, out: Path, config: dict, source: Path) -> dict:
+    """Write ``cell``'s JSON (``config``: its own) from an identical finished cell of another study (no training)."""
     result = json.loads(source.read_text())
     result.update({"study": study.name, "preset": study.preset, "cell": cell.key, "group": cell.group,
                    "x": cell.x, "seed": cell.seed, "overrides": list(cell.overrides),
-                   "config": cell_config(study, cell, out, extra).to_dict(), "reused_from": str(source)})
+                   "config": config, "reused_from": str(source)})
     write_atomic(cell_file(out, cell), json.dumps(result, indent=1))
     return result
 
@@ -154,10 +154,11 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
     (out / "cells").mkdir(parents=True, exist_ok=True)
     todo = [c for c in study.cells if not cell_file(out, c).is_file()]
     elsewhere = reusable_cells([Path(f) for f in reuse or []])
-    for cell in list(todo):
-        source = elsewhere.get(config_identity(cell_config(study, cell, out, extra).to_dict()))
+    for cell in list(todo) if elsewhere else []:
+        config = cell_config(study, cell, out, extra).to_dict()
+        source = elsewhere.get(config_identity(config))
         if source is not None:
-            reuse_cell(study, cell, out, extra, source)
+            reuse_cell(study, cell, out, config, source)
             todo.remove(cell)
             log(f"[bench {study.name}] {describe_cell(cell)}: reused {source} (same configuration)")
     done_before = len(study.cells) - len(todo)
