@@ -128,7 +128,11 @@ def test_interrupted_cell_resumes_and_changed_settings_are_refused(tmp_path, mon
         cfg, dataset=dataset, resume=resume))
     runner.run_study(study, out, TINY, log=lambda m: None)
     assert calls == [True]
-    # other settings in the same folder: refused before anything runs
+    # how cells run may change between sittings (threads); nothing is retrained
+    logs = []
+    runner.run_study(study, out, [o if o != "threads=1" else "threads=2" for o in TINY], log=logs.append)
+    assert calls == [True] and "1 of 1 cells already finished" in logs[0]
+    # what they compute may not: other settings in the same folder are refused before anything runs
     with pytest.raises(ConfigError, match="different study or settings"):
         runner.run_study(study, out, [*TINY[:-1], "hidden=16", TINY[-1]], log=lambda m: None)
 

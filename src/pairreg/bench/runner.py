@@ -39,17 +39,31 @@ def cell_config(study: Study, cell: Cell, out: Path, extra: list[str]):
     return load_config(study.base_preset, overrides)
 
 
+# Config keys that name where a run lives or how it is run, not what it computes
+RUN_PLACE_KEYS = ("out", "name", *RESUME_OVERRIDABLE)
+
+
 def _manifest(study: Study, extra: list[str]) -> dict:
     return {"study": study.name, "preset": study.preset, "base_preset": study.base_preset,
             "base_overrides": study.base_overrides, "extra_overrides": list(extra)}
 
 
+def _what_it_computes(manifest: dict) -> dict:
+    """The manifest without ``--set`` keys that only say how cells run (threads, accelerator, ...)."""
+    extra = [o for o in manifest.get("extra_overrides", []) if o.split("=", 1)[0].strip() not in RUN_PLACE_KEYS]
+    return {**manifest, "extra_overrides": extra}
+
+
 def check_manifest(out: Path, study: Study, extra: list[str]) -> None:
-    """Write ``study.json``, or check that the folder holds the same study (else refuse to mix)."""
+    """Write ``study.json``, or check that the folder holds the same study (else refuse to mix).
+
+    A later sitting may change how cells run (``--set threads=4 accelerator=gpu``) but not what they compute.
+    """
     path = out / "study.json"
     want = _manifest(study, extra)
     if path.is_file():
-        have = json.loads(path.read_text())
+        have = _what_it_computes(json.loads(path.read_text()))
+        want = _what_it_computes(want)
         if have != want:
             diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
             raise ConfigError(f"{path}: this folder holds a different study or settings ({diff}, as (saved, now)); "
@@ -97,10 +111,6 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
     }
     write_atomic(cell_file(out, cell), json.dumps(result, indent=1))
     return result
-
-
-# Config keys that name where a run lives or how it is run, not what it computes
-RUN_PLACE_KEYS = ("out", "name", *RESUME_OVERRIDABLE)
 
 
 def config_identity(config: dict) -> str:
