@@ -182,6 +182,18 @@ def test_cli_list_and_report(tmp_path, capsys):
         main(["bench", "depth", "--preset", "tpu"])
 
 
+def test_only_keeps_the_named_rows(tmp_path, capsys):
+    args = ["bench", "ablation", "--seeds", "3", "--only", "EGNN-none", "coord only", "Full-Default", "--list",
+            "--out", str(tmp_path), "--set", "n_layers=12"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "9 cells" in text and "--set n_layers=12" in text
+    listed = [line.split()[3] for line in text.splitlines()[1:]]
+    assert sorted(listed) == sorted(f"{k}-s{s}" for k in ("EGNN-none", "coord-only", "full-default") for s in range(3))
+    with pytest.raises(ValueError, match="no such row in study ablation; rows: EGNN-none, node-only"):
+        build_study("ablation", "cpu").only(["coord-onyl"])
+
+
 @pytest.mark.slow
 def test_cli_runs_a_whole_small_study(tmp_path, capsys):
     """`pairreg bench depth --seeds 1` end to end on the ethanol fixture (16 tiny cells)."""

@@ -61,6 +61,23 @@ class Study:
     dataset: str = "rmd17"
     targets: tuple[str, ...] = ("energy",)
 
+    def rows(self) -> list[str]:
+        """The study's table rows (mitigations or variants), in grid order."""
+        return list(dict.fromkeys(c.group for c in self.cells))
+
+    def only(self, names: list[str]) -> "Study":
+        """Keep the cells of the named rows (``--only``): a row's label or its key, e.g. ``coord-only``."""
+        by_name = {}
+        for row in self.rows():
+            by_name[row.lower()] = by_name[_safe(row).lower()] = row
+        unknown = [n for n in names if n.lower() not in by_name]
+        if unknown:
+            raise ValueError(f"--only {' '.join(unknown)}: no such row in study {self.name}; "
+                             f"rows: {', '.join(_safe(r) for r in self.rows())}")
+        keep = {by_name[n.lower()] for n in names}
+        self.cells = [c for c in self.cells if c.group in keep]
+        return self
+
     def describe(self) -> str:
         return (f"study {self.name}, preset {self.preset}: {len(self.cells)} cells from preset "
                 f"{self.base_preset!r} with {' '.join(self.base_overrides) or 'no overrides'}")

@@ -23,6 +23,9 @@ def add_parser(sub):
     p.add_argument("--reuse", nargs="+", default=[], metavar="DIR",
                    help="other study folders whose finished cells with the same configuration are copied, "
                         "not trained again (e.g. the ablation reuses the depth study's 9-layer cells)")
+    p.add_argument("--only", nargs="+", default=[], metavar="ROW",
+                   help="run only these rows of the table (mitigations or variants, e.g. --only none coord-only); "
+                        "--list shows the rows")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true", help="only write the table and plots from finished cells")
     mode.add_argument("--list", action="store_true", help="print the cells and which are finished, run nothing")
@@ -36,9 +39,11 @@ def run(args) -> int:
     from ..bench.studies import build_study
 
     study = build_study(args.study, args.preset, args.seeds, args.molecule)
+    if args.only:
+        study.only(args.only)
     out = Path(args.out or f"runs/bench/{args.study}-{args.preset}")
     if args.list:
-        print(study.describe())
+        print(study.describe() + (f"; --set {' '.join(args.set)}" if args.set else ""))
         for k, cell in enumerate(study.cells, 1):
             done = cell_file(out, cell).is_file()
             print(f"{k:3d}. {'done ' if done else 'to do'}  {cell.key:28s} {describe_cell(cell)}")
