@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pairreg.bench import runner
-from pairreg.bench.report import dirichlet_ratio, fmt, write_report
+from pairreg.bench.report import compare_table, dirichlet_ratio, fmt, welch_p, write_report
 from pairreg.bench.studies import ABLATION_VARIANTS, DEPTHS, Cell, Study, build_study
 from pairreg.cli.main import main
 from pairreg.config import ConfigError
@@ -192,6 +192,42 @@ def test_only_keeps_the_named_rows(tmp_path, capsys):
     assert sorted(listed) == sorted(f"{k}-s{s}" for k in ("EGNN-none", "coord-only", "full-default") for s in range(3))
     with pytest.raises(ValueError, match="no such row in study ablation; rows: EGNN-none, node-only"):
         build_study("ablation", "cpu").only(["coord-onyl"])
+
+
+def test_welch_p_matches_the_textbook_case_and_needs_two_seeds():
+    # t = -3/sqrt(2/3) = -3.674 on 4 degrees of freedom (equal spreads): two-sided p = 0.0213
+    assert welch_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.0213, abs=1e-4)
+    assert welch_p([1.0, 2.0, 3.0], [1.5, 2.5]) > 0.5
+    assert np.isnan(welch_p([1.0], [2.0, 3.0])) and np.isnan(welch_p([1.0, None, float("nan")], [2.0, 3.0]))
+
+
+def fake_result(group: str, seed: int, homo_meV: float, mu_D: float, x=None) -> dict:
+    return {"cell": f"{group}-s{seed}", "group": group, "x": x, "seed": seed,
+            "test": {"test/homo_mae_meV": homo_meV, "test/mu_mae_D": mu_D}}
+
+
+def test_compare_table_gives_means_difference_and_p_per_target(tmp_path, capsys):
+    results = [fake_result("none", 0, 300.0, 0.8), fake_result("none", 1, 310.0, 0.7),
+               fake_result("g2", 0, 200.0, 0.6), fake_result("g2", 1, 204.0, 0.75)]
+    lines = compare_table(results, "none", "g2").splitlines()
+    assert lines[0] == "| target | none | g2 | g2 − none | Welch p | seeds |"
+    homo = lines[2].split(" | ")
+    assert homo[0] == "| test homo MAE (meV)" and homo[1] == "305.0 ± 7.1" and homo[3] == "-103.0"
+    assert float(homo[4]) == pytest.approx(welch_p([300, 310], [200, 204]), rel=0.05) and float(homo[4]) < 0.05
+    assert lines[3].startswith("| test mu MAE (D) | 0.750 ± 0.071 | 0.675 ± 0.106 | -0.075 |")
+    with pytest.raises(ValueError, match="no finished cells in common"):
+        compare_table(results, "none", "pairreg")
+    # through the CLI, rows named by key in any case; depth studies get a depth column
+    (tmp_path / "cells").mkdir()
+    for r in [fake_result("none", s, 180.0 + s, 1.0, x=9) for s in (0, 1)] + [
+            fake_result("pairreg", s, 170.0 + 3 * s, 1.0, x=9) for s in (0, 1)]:
+        r["cell"] = f"{r['group']}-L9-s{r['seed']}"
+        (tmp_path / "cells" / f"{r['cell']}.json").write_text(json.dumps(r))
+    assert main(["bench", "depth", "--out", str(tmp_path), "--compare", "NONE", "pairreg"]) == 0
+    out = capsys.readouterr().out
+    assert "| target | depth | none | pairreg |" in out and "| test homo MAE (meV) | 9 layers | 180.5 ± 0.7 |" in out
+    assert main(["bench", "depth", "--out", str(tmp_path), "--compare", "none", "g3"]) == 2
+    assert "--compare g3: no such row in study depth" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -109,6 +109,54 @@ def target_table(results: list[dict], split: str = "test") -> str:
     return "\n".join(lines)
 
 
+def _signed(d: float) -> str:
+    return f"{d:+.{3 if abs(d) < 10 else 1}f}"
+
+
+def welch_p(a, b) -> float:
+    """Two-sided p-value of Welch's t-test (no equal-variance assumption) that a and b share a mean.
+
+    NaN with fewer than two finite values on a side, where there is no spread to test against.
+    """
+    a = np.asarray([x for x in a if x is not None and np.isfinite(x)], dtype=np.float64)
+    b = np.asarray([x for x in b if x is not None and np.isfinite(x)], dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def compare_table(results: list[dict], a: str, b: str, split: str = "test") -> str:
+    """Row ``b`` against row ``a`` for every target (and depth, where the study has depths).
+
+    The evidence behind a verdict: both means ± std over seeds, the difference b − a and
+    Welch's p over the seeds (small p: the seeds disagree less than the rows do).
+    """
+    units = _units(results)
+    names = [n for n in units if n != FORCE_NAME] + ([FORCE_NAME] if FORCE_NAME in units else [])
+    xs = sorted({r["x"] for r in results if r["group"] in (a, b)}, key=lambda x: -1 if x is None else x)
+    by_depth = any(x is not None for x in xs)
+    head = ["target"] + (["depth"] if by_depth else []) + [a, b, f"{b} − {a}", "Welch p", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
+    for name in names:
+        unit = units[name]
+        for x in xs:
+            va = [_metric(r, split, name, unit) for r in results if r["group"] == a and r["x"] == x]
+            vb = [_metric(r, split, name, unit) for r in results if r["group"] == b and r["x"] == x]
+            (ma, sa, na), (mb, sb, nb) = seed_stats(va), seed_stats(vb)
+            if not (na and nb):
+                continue
+            p = welch_p(va, vb)
+            row = [f"{split} {name} MAE ({pretty_unit(unit)})"] + ([layers(x)] if by_depth else [])
+            row += [fmt(ma, sa, na), fmt(mb, sb, nb), _signed(mb - ma),
+                    "–" if math.isnan(p) else f"{p:.2g}", f"{na} vs {nb}"]
+            lines.append("| " + " | ".join(row) + " |")
+    if len(lines) == 2:
+        raise ValueError(f"rows {a!r} and {b!r} have no finished cells in common to compare")
+    return "\n".join(lines)
+
+
 def dirichlet_ratio(result: dict) -> float:
     """E_L / E_1 of the node features on the probe molecules (index 1 = after layer 1)."""
     e = result.get("diagnostics", {}).get("dirichlet_h", [])

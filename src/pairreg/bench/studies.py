@@ -65,16 +65,20 @@ class Study:
         """The study's table rows (mitigations or variants), in grid order."""
         return list(dict.fromkeys(c.group for c in self.cells))
 
-    def only(self, names: list[str]) -> "Study":
-        """Keep the cells of the named rows (``--only``): a row's label or its key, e.g. ``coord-only``."""
+    def resolve(self, names: list[str], option: str = "--only") -> list[str]:
+        """The rows named by their label or key, any case (e.g. ``coord-only`` for "coord only")."""
         by_name = {}
         for row in self.rows():
             by_name[row.lower()] = by_name[_safe(row).lower()] = row
         unknown = [n for n in names if n.lower() not in by_name]
         if unknown:
-            raise ValueError(f"--only {' '.join(unknown)}: no such row in study {self.name}; "
+            raise ValueError(f"{option} {' '.join(unknown)}: no such row in study {self.name}; "
                              f"rows: {', '.join(_safe(r) for r in self.rows())}")
-        keep = {by_name[n.lower()] for n in names}
+        return [by_name[n.lower()] for n in names]
+
+    def only(self, names: list[str]) -> "Study":
+        """Keep the cells of the named rows (``--only``)."""
+        keep = set(self.resolve(names))
         self.cells = [c for c in self.cells if c.group in keep]
         return self
 

@@ -2,7 +2,8 @@
 
 Runs the unfinished cells of a study (a finished cell is never re-run; an interrupted one resumes
 from its last checkpoint), then writes ``table.md`` and PNG plots into DIR. ``--report`` only
-rewrites the table and plots from the cells finished so far; ``--list`` prints the cells.
+rewrites the table and plots from the cells finished so far; ``--list`` prints the cells;
+``--compare A B`` prints the evidence for a verdict (row B against row A, Welch's p over seeds).
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ def add_parser(sub):
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true", help="only write the table and plots from finished cells")
     mode.add_argument("--list", action="store_true", help="print the cells and which are finished, run nothing")
+    mode.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                      help="run nothing; print row B against row A from the finished cells: means, difference "
+                           "and Welch's t-test p over seeds, per target (and depth)")
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from ..bench.report import write_report
+    from ..bench.report import compare_table, write_report
     from ..bench.runner import cell_file, describe_cell, load_results, run_study
     from ..bench.studies import build_study
 
@@ -47,6 +51,11 @@ def run(args) -> int:
         for k, cell in enumerate(study.cells, 1):
             done = cell_file(out, cell).is_file()
             print(f"{k:3d}. {'done ' if done else 'to do'}  {cell.key:28s} {describe_cell(cell)}")
+        return 0
+    if args.compare:
+        a, b = study.resolve(args.compare, "--compare")
+        keys = {c.key for c in study.cells}
+        print(compare_table([r for r in load_results(out) if r["cell"] in keys], a, b))
         return 0
     results = load_results(out) if args.report else run_study(study, out, args.set, reuse=args.reuse)
     keys = {c.key for c in study.cells}
