@@ -99,6 +99,14 @@ def test_data_command_json(qm9_sample_env, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["molecules"] == 120
     assert info["targets"]["homo"]["unit"] == "meV" and info["targets"]["U0"]["atomref_subtracted"]
+    # the training-mean baseline, recomputed through the dataset a model trains on
+    ds, split = qm9.load_qm9(["homo", "U0"]), qm9.egnn_split(120)
+    for col, name in enumerate(("homo", "U0")):
+        y = ds.y[:, col]
+        floor = np.abs(y[split["test"]] - y[split["train"]].mean()).mean()
+        assert info["targets"][name]["test_mae_of_training_mean"] == pytest.approx(floor, rel=1e-5)
+    assert main(["data", "qm9"]) == 0
+    assert "test MAE of the training mean" in capsys.readouterr().out
 
 
 def test_diagnose_writes_json_and_png(trained_run, tmp_path, capsys):

@@ -26,8 +26,9 @@ def run(args) -> int:
         print(json.dumps(info, indent=2))
     else:
         print(f"QM9: {info['molecules']} molecules; split {info['split']}")
+        print(f"  {'target':>6}  {'unit':<10} test MAE of the training mean (the floor a model must beat)")
         for name, t in info["targets"].items():
-            print(f"  {name:>6}  {t['unit']}")
+            print(f"  {name:>6}  {t['unit']:<10} {t['test_mae_of_training_mean']:.4g}")
     return 0
 
 
