@@ -89,6 +89,7 @@ def test_run_study_writes_cells_table_plots_and_resumes(tmp_path, monkeypatch):
     paths = write_report(tiny_study(), results, out)
     table = (out / "table.md").read_text()
     assert "test energy MAE (meV)" in table and "| 1 layer | 2 layers |" in table
+    assert f"--set {' '.join(TINY)}; 2 of 2 cells finished" in table.splitlines()[0]
     assert "test forces MAE (meV/Å)" in table
     expected = f"{saved['test']['test/energy_mae_meV']:.1f} (1 seed)"
     assert expected in table

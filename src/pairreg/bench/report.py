@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -169,8 +170,9 @@ def coordinate_ratio(result: dict) -> float:
     return e[-1] / e[0] if len(e) > 1 and e[0] > 0 else float("nan")
 
 
-def study_tables(study: Study, results: list[dict]) -> str:
-    head = f"<!-- {study.describe()}; {len(results)} of {len(study.cells)} cells finished -->"
+def study_tables(study: Study, results: list[dict], extra: list[str] | None = None) -> str:
+    settings = f"; --set {' '.join(extra)}" if extra else ""
+    head = f"<!-- {study.describe()}{settings}; {len(results)} of {len(study.cells)} cells finished -->"
     planned_groups = list(dict.fromkeys(c.group for c in study.cells))
     if study.name == "depth":
         planned = {c.x for c in study.cells}
@@ -246,8 +248,10 @@ def plot_dirichlet_per_layer(results: list[dict], path: Path, title: str) -> Pat
 def write_report(study: Study, results: list[dict], out: Path) -> list[Path]:
     """Write ``table.md`` and the study's PNGs into ``out``; returns the paths."""
     out = Path(out)
+    manifest = out / "study.json"  # the --set overrides the cells ran with (e.g. n_layers=12) belong in the head
+    extra = json.loads(manifest.read_text()).get("extra_overrides", []) if manifest.is_file() else []
     table = out / "table.md"
-    table.write_text(study_tables(study, results) + "\n")
+    table.write_text(study_tables(study, results, extra) + "\n")
     paths = [table]
     if not results:
         return paths
