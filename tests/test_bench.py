@@ -216,7 +216,7 @@ def test_compare_table_gives_means_difference_and_p_per_target(tmp_path, capsys)
     assert homo[0] == "| test homo MAE (meV)" and homo[1] == "305.0 ± 7.1" and homo[3] == "-103.0"
     assert float(homo[4]) == pytest.approx(welch_p([300, 310], [200, 204]), rel=0.05) and float(homo[4]) < 0.05
     assert lines[3].startswith("| test mu MAE (D) | 0.750 ± 0.071 | 0.675 ± 0.106 | -0.075 |")
-    with pytest.raises(ValueError, match="no finished cells in common"):
+    with pytest.raises(ValueError, match="no finished cells to compare"):
         compare_table(results, "none", "pairreg")
     # through the CLI, rows named by key in any case; depth studies get a depth column
     (tmp_path / "cells").mkdir()
@@ -229,6 +229,16 @@ def test_compare_table_gives_means_difference_and_p_per_target(tmp_path, capsys)
     assert "| target | depth | none | pairreg |" in out and "| test homo MAE (meV) | 9 layers | 180.5 ± 0.7 |" in out
     assert main(["bench", "depth", "--out", str(tmp_path), "--compare", "none", "g3"]) == 2
     assert "--compare g3: no such row in study depth" in capsys.readouterr().err
+    # two depths of one row: ROW@DEPTH
+    for s in (0, 1):
+        r = fake_result("none", s, 200.0 + 10 * s, 1.0, x=12)
+        r["cell"] = f"none-L12-s{s}"
+        (tmp_path / "cells" / f"{r['cell']}.json").write_text(json.dumps(r))
+    assert main(["bench", "depth", "--out", str(tmp_path), "--compare", "none@9", "none@12"]) == 0
+    out = capsys.readouterr().out
+    assert "| test homo MAE (meV) | 180.5 ± 0.7 | 205.0 ± 7.1 | +24.5 |" in out and "| none, 12 layers |" in out
+    assert main(["bench", "depth", "--out", str(tmp_path), "--compare", "none@nine", "none"]) == 2
+    assert "depth after @ must be a number" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -254,3 +254,15 @@ def test_shipped_model_predicts_homo_lumo_gap_in_meV(tmp_path, capsys, qm9_sampl
     predicted = np.array([[row[f"{n}_meV"] for n in names] for row in rows])
     mae = np.abs(predicted - sample.y[typical]).mean(0)
     assert np.all(mae < 1.5 * test_mae), (mae, test_mae)
+
+
+def test_closed_pipe_ends_quietly(monkeypatch, capfd):
+    """`pairreg bench ... --list | head -1`: the reader leaves early; no traceback, Unix's SIGPIPE status."""
+    from pairreg.cli import data_cmd
+
+    def reader_gone(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(data_cmd, "run", reader_gone)
+    assert main(["data", "qm9"]) == 141
+    assert capfd.readouterr().err == ""

@@ -53,6 +53,18 @@ def test_official_split_from_fixture_files():
     assert rmd17.formula(ds.atoms(0)[0]) == rmd17.MOLECULES["aspirin"][0]
 
 
+def test_describe_gives_the_floor_from_the_raw_files():
+    info = rmd17.describe("aspirin", "official-1", root=FIXTURE)
+    ds, idx = rmd17.load_rmd17("aspirin", "official-1", root=FIXTURE)
+    test, f = raw("aspirin", "test"), units.factor("kcal/mol", "meV")
+    train_mean = ds.y[idx["train"], 0].mean()
+    floor = info["floor"]
+    assert floor["energy_test_mae_of_training_mean_meV"] == pytest.approx(
+        np.abs(test["energies"] * f - train_mean).mean(), rel=1e-9)
+    assert floor["forces_test_mae_of_zero_forces_meV_per_Angstrom"] == pytest.approx(
+        np.abs(test["forces"] * f).mean(), rel=1e-9)
+
+
 def test_split_seed_changes_only_train_val():
     _, a = rmd17.load_rmd17("ethanol", "official-1", root=FIXTURE, split_seed=0)
     _, b = rmd17.load_rmd17("ethanol", "official-1", root=FIXTURE, split_seed=1)

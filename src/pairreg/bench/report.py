@@ -128,33 +128,41 @@ def welch_p(a, b) -> float:
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def compare_table(results: list[dict], a: str, b: str, split: str = "test") -> str:
-    """Row ``b`` against row ``a`` for every target (and depth, where the study has depths).
+def compare_table(results: list[dict], a: str, b: str, split: str = "test",
+                  depth_a: int | None = None, depth_b: int | None = None) -> str:
+    """Row ``b`` against row ``a`` for every target, at every depth both have (depth studies).
 
-    The evidence behind a verdict: both means ± std over seeds, the difference b − a and
-    Welch's p over the seeds (small p: the seeds disagree less than the rows do).
+    With ``depth_a``/``depth_b`` (one given: both the same) it compares those two cells of the
+    grid instead, e.g. EGNN at 9 layers against EGNN at 12. The evidence behind a verdict: both
+    means ± std over seeds, the difference b − a and Welch's p over the seeds.
     """
     units = _units(results)
     names = [n for n in units if n != FORCE_NAME] + ([FORCE_NAME] if FORCE_NAME in units else [])
-    xs = sorted({r["x"] for r in results if r["group"] in (a, b)}, key=lambda x: -1 if x is None else x)
-    by_depth = any(x is not None for x in xs)
-    head = ["target"] + (["depth"] if by_depth else []) + [a, b, f"{b} − {a}", "Welch p", "seeds"]
+    if depth_a is not None or depth_b is not None:
+        depth_a, depth_b = (depth_a if depth_a is not None else depth_b), (depth_b if depth_b is not None else depth_a)
+        pairs, by_depth = [(depth_a, depth_b)], False
+        label_a, label_b = f"{a}, {layers(depth_a)}", f"{b}, {layers(depth_b)}"
+    else:
+        xs = sorted({r["x"] for r in results if r["group"] in (a, b)}, key=lambda x: -1 if x is None else x)
+        pairs, by_depth = [(x, x) for x in xs], any(x is not None for x in xs)
+        label_a, label_b = a, b
+    head = ["target"] + (["depth"] if by_depth else []) + [label_a, label_b, f"{label_b} − {label_a}", "Welch p", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for name in names:
         unit = units[name]
-        for x in xs:
-            va = [_metric(r, split, name, unit) for r in results if r["group"] == a and r["x"] == x]
-            vb = [_metric(r, split, name, unit) for r in results if r["group"] == b and r["x"] == x]
+        for xa, xb in pairs:
+            va = [_metric(r, split, name, unit) for r in results if r["group"] == a and r["x"] == xa]
+            vb = [_metric(r, split, name, unit) for r in results if r["group"] == b and r["x"] == xb]
             (ma, sa, na), (mb, sb, nb) = seed_stats(va), seed_stats(vb)
             if not (na and nb):
                 continue
             p = welch_p(va, vb)
-            row = [f"{split} {name} MAE ({pretty_unit(unit)})"] + ([layers(x)] if by_depth else [])
+            row = [f"{split} {name} MAE ({pretty_unit(unit)})"] + ([layers(xa)] if by_depth else [])
             row += [fmt(ma, sa, na), fmt(mb, sb, nb), _signed(mb - ma),
                     "–" if math.isnan(p) else f"{p:.2g}", f"{na} vs {nb}"]
             lines.append("| " + " | ".join(row) + " |")
     if len(lines) == 2:
-        raise ValueError(f"rows {a!r} and {b!r} have no finished cells in common to compare")
+        raise ValueError(f"{label_a!r} and {label_b!r} have no finished cells to compare")
     return "\n".join(lines)
 
 

@@ -32,7 +32,8 @@ def add_parser(sub):
     mode.add_argument("--list", action="store_true", help="print the cells and which are finished, run nothing")
     mode.add_argument("--compare", nargs=2, metavar=("A", "B"),
                       help="run nothing; print row B against row A from the finished cells: means, difference "
-                           "and Welch's t-test p over seeds, per target (and depth)")
+                           "and Welch's t-test p over seeds, per target (and depth); ROW@DEPTH compares two depths, "
+                           "e.g. --compare none@9 none@12")
 
 
 def run(args) -> int:
@@ -53,9 +54,11 @@ def run(args) -> int:
             print(f"{k:3d}. {'done ' if done else 'to do'}  {cell.key:28s} {describe_cell(cell)}")
         return 0
     if args.compare:
-        a, b = study.resolve(args.compare, "--compare")
+        (a, depth_a), (b, depth_b) = (_row_at_depth(name) for name in args.compare)
+        a, b = study.resolve([a, b], "--compare")
         keys = {c.key for c in study.cells}
-        print(compare_table([r for r in load_results(out) if r["cell"] in keys], a, b))
+        print(compare_table([r for r in load_results(out) if r["cell"] in keys], a, b,
+                            depth_a=depth_a, depth_b=depth_b))
         return 0
     results = load_results(out) if args.report else run_study(study, out, args.set, reuse=args.reuse)
     keys = {c.key for c in study.cells}
@@ -64,3 +67,11 @@ def run(args) -> int:
         print(f"wrote {path}", file=sys.stderr)
     print((out / "table.md").read_text(), end="")
     return 0
+
+
+def _row_at_depth(name: str) -> tuple[str, int | None]:
+    """``none@12`` → ("none", 12); ``coord-only`` → ("coord-only", None)."""
+    row, at, depth = name.rpartition("@") if "@" in name else (name, "", "")
+    if at and not depth.isdigit():
+        raise ValueError(f"--compare {name}: the depth after @ must be a number of layers, e.g. none@12")
+    return row, int(depth) if at else None

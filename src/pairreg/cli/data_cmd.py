@@ -44,4 +44,8 @@ def _rmd17(args) -> int:
               f"[{info['layout']}]\nsplit {info['split']}: {info['frames']}\n  {info['split_procedure']}\n"
               f"units: energy {u['energy']}, forces {u['forces']}, coordinates {u['coordinates']} "
               f"(source: {u['native']['energy']}, {u['native']['forces']}; 1 kcal/mol = {u['kcal/mol in meV']} meV)")
+        floor = info["floor"]
+        print(f"floor a model must beat on the test frames: energy MAE of the training mean "
+              f"{floor['energy_test_mae_of_training_mean_meV']:.1f} meV, force MAE of zero forces "
+              f"{floor['forces_test_mae_of_zero_forces_meV_per_Angstrom']:.1f} meV/Å")
     return 0

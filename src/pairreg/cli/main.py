@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import bench_cmd, data_cmd, diagnose_cmd, evaluate_cmd, export_cmd, predict_cmd, train_cmd
@@ -35,6 +36,10 @@ def main(argv=None) -> int:
     except NonFiniteLossError as err:
         print(f"pairreg {args.command}: stopped: {err}", file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        # The reader went away (``pairreg bench ... --list | head``): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -363,6 +363,7 @@ def describe(molecule: str, split: str = "official-1", root=None, cache_dir=None
     ds, idx = load_rmd17(molecule, split, root, cache_dir, split_seed, download=False)
     layout, folder = locate(molecule, root, cache_dir, download=False)
     y = ds.y[:, 0]
+    forces = ds.forces.reshape(len(ds), -1, 3)  # every frame holds the same atoms
     return {
         "dataset": "rMD17", "molecule": molecule, "formula": formula(ds.atoms(0)[0]),
         "atoms": int(ds.n_atoms[0]), "source": str(folder), "layout": layout, "split": split,
@@ -374,4 +375,7 @@ def describe(molecule: str, split: str = "official-1", root=None, cache_dir=None
                   "native": {"energy": NATIVE_ENERGY_UNIT, "forces": NATIVE_FORCE_UNIT},
                   "kcal/mol in meV": round(units.factor(NATIVE_ENERGY_UNIT, ENERGY_UNIT), 4)},
         "energy_meV": {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())},
+        # the trivial baselines a model must beat on the test frames
+        "floor": {"energy_test_mae_of_training_mean_meV": float(np.abs(y[idx["test"]] - y[idx["train"]].mean()).mean()),
+                  "forces_test_mae_of_zero_forces_meV_per_Angstrom": float(np.abs(forces[idx["test"]]).mean())},
     }
