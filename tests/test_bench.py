@@ -207,6 +207,12 @@ def fake_result(group: str, seed: int, homo_meV: float, mu_D: float, x=None) -> 
             "test": {"test/homo_mae_meV": homo_meV, "test/mu_mae_D": mu_D}}
 
 
+def write_depth_cells(out: Path, results: list[dict]) -> None:
+    for r in results:
+        r["cell"] = f"{r['group']}-L{r['x']}-s{r['seed']}"
+        (out / "cells" / f"{r['cell']}.json").write_text(json.dumps(r))
+
+
 def test_compare_table_gives_means_difference_and_p_per_target(tmp_path, capsys):
     results = [fake_result("none", 0, 300.0, 0.8), fake_result("none", 1, 310.0, 0.7),
                fake_result("g2", 0, 200.0, 0.6), fake_result("g2", 1, 204.0, 0.75)]
@@ -220,20 +226,15 @@ def test_compare_table_gives_means_difference_and_p_per_target(tmp_path, capsys)
         compare_table(results, "none", "pairreg")
     # through the CLI, rows named by key in any case; depth studies get a depth column
     (tmp_path / "cells").mkdir()
-    for r in [fake_result("none", s, 180.0 + s, 1.0, x=9) for s in (0, 1)] + [
-            fake_result("pairreg", s, 170.0 + 3 * s, 1.0, x=9) for s in (0, 1)]:
-        r["cell"] = f"{r['group']}-L9-s{r['seed']}"
-        (tmp_path / "cells" / f"{r['cell']}.json").write_text(json.dumps(r))
+    write_depth_cells(tmp_path, [fake_result("none", s, 180.0 + s, 1.0, x=9) for s in (0, 1)] + [
+        fake_result("pairreg", s, 170.0 + 3 * s, 1.0, x=9) for s in (0, 1)])
     assert main(["bench", "depth", "--out", str(tmp_path), "--compare", "NONE", "pairreg"]) == 0
     out = capsys.readouterr().out
     assert "| target | depth | none | pairreg |" in out and "| test homo MAE (meV) | 9 layers | 180.5 ± 0.7 |" in out
     assert main(["bench", "depth", "--out", str(tmp_path), "--compare", "none", "g3"]) == 2
     assert "--compare g3: no such row in study depth" in capsys.readouterr().err
     # two depths of one row: ROW@DEPTH
-    for s in (0, 1):
-        r = fake_result("none", s, 200.0 + 10 * s, 1.0, x=12)
-        r["cell"] = f"none-L12-s{s}"
-        (tmp_path / "cells" / f"{r['cell']}.json").write_text(json.dumps(r))
+    write_depth_cells(tmp_path, [fake_result("none", s, 200.0 + 10 * s, 1.0, x=12) for s in (0, 1)])
     assert main(["bench", "depth", "--out", str(tmp_path), "--compare", "none@9", "none@12"]) == 0
     out = capsys.readouterr().out
     assert "| test homo MAE (meV) | 180.5 ± 0.7 | 205.0 ± 7.1 | +24.5 |" in out and "| none, 12 layers |" in out
