@@ -200,6 +200,7 @@ def test_welch_p_matches_the_textbook_case_and_needs_two_seeds():
     assert welch_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.0213, abs=1e-4)
     assert welch_p([1.0, 2.0, 3.0], [1.5, 2.5]) > 0.5
     assert np.isnan(welch_p([1.0], [2.0, 3.0])) and np.isnan(welch_p([1.0, None, float("nan")], [2.0, 3.0]))
+    assert np.isnan(welch_p([1.0, 1.0], [1.0, 1.0]))  # no spread anywhere: nothing to test against
 
 
 def fake_result(group: str, seed: int, homo_meV: float, mu_D: float, x=None) -> dict:

@@ -117,11 +117,12 @@ def _signed(d: float) -> str:
 def welch_p(a, b) -> float:
     """Two-sided p-value of Welch's t-test (no equal-variance assumption) that a and b share a mean.
 
-    NaN with fewer than two finite values on a side, where there is no spread to test against.
+    NaN with fewer than two finite values on a side, or no spread on either, where there is
+    nothing to test against.
     """
     a = np.asarray([x for x in a if x is not None and np.isfinite(x)], dtype=np.float64)
     b = np.asarray([x for x in b if x is not None and np.isfinite(x)], dtype=np.float64)
-    if len(a) < 2 or len(b) < 2:
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return float("nan")
     from scipy.stats import ttest_ind
 
