@@ -78,6 +78,13 @@ def tiny_study() -> Study:
     return study
 
 
+def test_cells_are_described_in_words():
+    cells = {c.key: c for c in build_study("depth", "cpu").cells}
+    assert runner.describe_cell(cells["none-L1-s0"]) == "none, 1 layer, seed 0"
+    assert runner.describe_cell(cells["pairreg-L12-s2"]) == "pairreg, 12 layers, seed 2"
+    assert runner.describe_cell(build_study("qm9-table", "cpu").cells[0]) == "none, seed 0"
+
+
 def test_run_study_writes_cells_table_plots_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "study"
     results = runner.run_study(tiny_study(), out, TINY, log=lambda m: None)

@@ -140,7 +140,12 @@ def reuse_cell(study: Study, cell: Cell, out: Path, config: dict, source: Path) 
 
 
 def describe_cell(cell: Cell) -> str:
-    where = "" if cell.x is None else (f", {cell.x} layers" if isinstance(cell.x, int) else f", {cell.x}")
+    if cell.x is None:
+        where = ""
+    elif isinstance(cell.x, int):
+        where = f", {cell.x} layer" + ("" if cell.x == 1 else "s")
+    else:
+        where = f", {cell.x}"
     return f"{cell.group}{where}, seed {cell.seed}"
 
 
