@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from ..training.module import FORCE_NAME, metric_name, parse_metric_name
-from .runner import seed_stats
-from .studies import Study
+from .runner import finite, saved_overrides, seed_stats
+from .studies import Study, layers
 
 MITIGATION_ORDER = ("none", "pairreg", "pairnorm", "g2")
 
@@ -27,10 +26,6 @@ def pretty_unit(unit: str) -> str:
     return unit.replace("Angstrom", "Å")
 
 
-def layers(n: int) -> str:
-    return f"{n} layer" if n == 1 else f"{n} layers"
-
-
 def _metric(result: dict, split: str, name: str, unit: str) -> float | None:
     return result.get(split, {}).get(metric_name(split, name, unit))
 
@@ -42,6 +37,11 @@ def _units(results: list[dict]) -> dict[str, str]:
         for parsed in filter(None, map(parse_metric_name, r.get("test", {}))):
             units[parsed[1]] = parsed[2]
     return units
+
+
+def _target_order(units: dict[str, str]) -> list[str]:
+    """The targets of ``units`` with forces, when present, last."""
+    return [n for n in units if n != FORCE_NAME] + ([FORCE_NAME] if FORCE_NAME in units else [])
 
 
 def _has_forces(results: list[dict]) -> bool:
@@ -78,7 +78,7 @@ def depth_table(results: list[dict], title: str, value, depths=None, groups=None
 def variant_table(results: list[dict], order: list[str] | None = None, split: str = "test") -> str:
     """Rows = groups (variants or mitigations), columns = every target's MAE plus E_L/E_1."""
     units = _units(results)
-    names = [n for n in units if n != FORCE_NAME] + ([FORCE_NAME] if FORCE_NAME in units else [])
+    names = _target_order(units)
     groups = order or _groups(results)
     columns = [mae_column(n, units[n], split) for n in names]
     header = [title for title, _ in columns] + [
@@ -120,8 +120,7 @@ def welch_p(a, b) -> float:
     NaN with fewer than two finite values on a side, or no spread on either, where there is
     nothing to test against.
     """
-    a = np.asarray([x for x in a if x is not None and np.isfinite(x)], dtype=np.float64)
-    b = np.asarray([x for x in b if x is not None and np.isfinite(x)], dtype=np.float64)
+    a, b = finite(a), finite(b)
     if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return float("nan")
     from scipy.stats import ttest_ind
@@ -138,7 +137,7 @@ def compare_table(results: list[dict], a: str, b: str, split: str = "test",
     means ± std over seeds, the difference b − a and Welch's p over the seeds.
     """
     units = _units(results)
-    names = [n for n in units if n != FORCE_NAME] + ([FORCE_NAME] if FORCE_NAME in units else [])
+    names = _target_order(units)
     if depth_a is not None or depth_b is not None:
         depth_a, depth_b = (depth_a if depth_a is not None else depth_b), (depth_b if depth_b is not None else depth_a)
         pairs, by_depth = [(depth_a, depth_b)], False
@@ -257,10 +256,8 @@ def plot_dirichlet_per_layer(results: list[dict], path: Path, title: str) -> Pat
 def write_report(study: Study, results: list[dict], out: Path) -> list[Path]:
     """Write ``table.md`` and the study's PNGs into ``out``; returns the paths."""
     out = Path(out)
-    manifest = out / "study.json"  # the --set overrides the cells ran with (e.g. n_layers=12) belong in the head
-    extra = json.loads(manifest.read_text()).get("extra_overrides", []) if manifest.is_file() else []
-    table = out / "table.md"
-    table.write_text(study_tables(study, results, extra) + "\n")
+    table = out / "table.md"  # the head names the --set overrides the cells ran with (e.g. n_layers=12)
+    table.write_text(study_tables(study, results, saved_overrides(out)) + "\n")
     paths = [table]
     if not results:
         return paths

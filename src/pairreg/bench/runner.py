@@ -23,7 +23,7 @@ import torch
 
 from ..config import ConfigError, load_config
 from ..training.run import RESUME_OVERRIDABLE, resume_config, train, write_atomic
-from .studies import Cell, Study
+from .studies import Cell, Study, layers
 
 PROBE_MOLECULES = 100  # first test molecules/frames on which per-layer oversmoothing measures are taken
 
@@ -52,6 +52,12 @@ def _what_it_computes(manifest: dict) -> dict:
     """The manifest without ``--set`` keys that only say how cells run (threads, accelerator, ...)."""
     extra = [o for o in manifest.get("extra_overrides", []) if o.split("=", 1)[0].strip() not in RUN_PLACE_KEYS]
     return {**manifest, "extra_overrides": extra}
+
+
+def saved_overrides(out: Path) -> list[str]:
+    """The ``--set`` overrides the study in ``out`` was run with (from its ``study.json``)."""
+    path = Path(out) / "study.json"
+    return json.loads(path.read_text()).get("extra_overrides", []) if path.is_file() else []
 
 
 def check_manifest(out: Path, study: Study, extra: list[str]) -> None:
@@ -140,12 +146,7 @@ def reuse_cell(study: Study, cell: Cell, out: Path, config: dict, source: Path) 
 
 
 def describe_cell(cell: Cell) -> str:
-    if cell.x is None:
-        where = ""
-    elif isinstance(cell.x, int):
-        where = f", {cell.x} layer" + ("" if cell.x == 1 else "s")
-    else:
-        where = f", {cell.x}"
+    where = "" if cell.x is None else (f", {layers(cell.x)}" if isinstance(cell.x, int) else f", {cell.x}")
     return f"{cell.group}{where}, seed {cell.seed}"
 
 
@@ -207,9 +208,14 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
     return load_results(out)
 
 
+def finite(values) -> np.ndarray:
+    """The finite values (float64), dropping None and NaN: cells without that metric."""
+    return np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+
+
 def seed_stats(values) -> tuple[float, float, int]:
     """(mean, sample std (0 for one seed), n) of finite values."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    v = finite(values)
     if not len(v):
         return float("nan"), float("nan"), 0
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)

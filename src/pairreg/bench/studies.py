@@ -87,6 +87,11 @@ class Study:
                 f"{self.base_preset!r} with {' '.join(self.base_overrides) or 'no overrides'}")
 
 
+def layers(n: int) -> str:
+    """``1 layer``, ``12 layers``: a depth in words, for tables and progress lines."""
+    return f"{n} layer" if n == 1 else f"{n} layers"
+
+
 def _safe(text: str) -> str:
     keep = "".join(c if c.isalnum() or c in "-." else "-" for c in text.replace("λ", "lambda"))
     return "-".join(p for p in keep.split("-") if p)

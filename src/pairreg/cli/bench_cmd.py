@@ -53,15 +53,14 @@ def run(args) -> int:
             done = cell_file(out, cell).is_file()
             print(f"{k:3d}. {'done ' if done else 'to do'}  {cell.key:28s} {describe_cell(cell)}")
         return 0
+    keys = {c.key for c in study.cells}
     if args.compare:
         (a, depth_a), (b, depth_b) = (_row_at_depth(name) for name in args.compare)
         a, b = study.resolve([a, b], "--compare")
-        keys = {c.key for c in study.cells}
         print(compare_table([r for r in load_results(out) if r["cell"] in keys], a, b,
                             depth_a=depth_a, depth_b=depth_b))
         return 0
     results = load_results(out) if args.report else run_study(study, out, args.set, reuse=args.reuse)
-    keys = {c.key for c in study.cells}
     results = [r for r in results if r["cell"] in keys]
     for path in write_report(study, results, out):
         print(f"wrote {path}", file=sys.stderr)
