@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,24 +41,37 @@ def _results(run: Path) -> dict:
     return {**m["val"], **m["test"], "best_epoch": m["best_epoch"]}
 
 
+# The child kills itself with SIGKILL at a fixed optimiser step: the kill lands at the same point of
+# the run on any machine, however fast (a sleep-based kill raced the epoch on fast machines).
+_KILL_AT = """
+import os, signal, sys
+from pairreg.training.module import PropertyModule
+
+EPOCH, BATCH = int(os.environ["KILL_EPOCH"]), int(os.environ["KILL_BATCH"])
+
+def on_train_batch_end(self, outputs, batch, batch_idx):
+    if self.current_epoch == EPOCH and batch_idx == BATCH:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+PropertyModule.on_train_batch_end = on_train_batch_end
+from pairreg.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    # batch 1 and forces: ~60 optimiser steps of double backward per epoch, long enough to kill inside one
-    settings = ["epochs=3", "batch_size=1", "force_weight=1.0", "lr=3e-3"]
+    # batch 4 and forces: 15 optimiser steps of double backward per epoch; the kill lands after step 6
+    # of epoch 2, i.e. after epoch 1's checkpoint and before epoch 2's
+    settings = ["epochs=3", "batch_size=4", "force_weight=1.0", "lr=3e-3"]
     ref = _train(tmp_path, "straight", *settings)
     assert ref.returncode == 0, ref.stderr[-2000:]
 
     run = tmp_path / "killed"
-    last = run / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen([*PAIRREG, "train", "--out", str(tmp_path), "--set", *TINY, "name=killed", *settings],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # now inside epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT, "train", "--out", str(tmp_path), "--set", *TINY,
+                             "name=killed", *settings], capture_output=True, text=True, timeout=300,
+                            env={**_env(), "KILL_EPOCH": "1", "KILL_BATCH": "5"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     ckpt = load_checkpoint(run, "last")
     assert ckpt["epoch"] == 0, "the kill was meant to land in epoch 2, after epoch 1's checkpoint"
     assert not (run / "metrics.json").exists()
