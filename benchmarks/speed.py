@@ -33,7 +33,8 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over all tim
 einsum through bmm), not index_add/gather/elementwise ops, so "achieved" rates are lower bounds.
 The reference rate is a 1024×1024 @ 1024×1024 float32 matmul at the same thread count.
 
-Run:  .venv/bin/python benchmarks/speed.py   (PAIRREG_CACHE picks the parsed-QM9 cache folder)
+Run:  .venv/bin/python benchmarks/speed.py [--full]   (PAIRREG_CACHE picks the parsed-QM9 cache folder;
+      the default short protocol takes about 5 minutes on 2 CPU cores, --full over 30)
 The last line is ``train_speedup_vs_egnn_pytorch=<ratio>``: ours ``none`` vs ``egnn-pytorch``, 7 layers.
 """
 
@@ -55,6 +56,8 @@ from pairreg.models.model import AtomFeatures
 from pairreg.training.losses import total_loss, task_loss
 
 PEER = "egnn-pytorch"
+# defaults of --layers/--steps/--warmup: "short" finishes in about 5 minutes on 2 CPU cores
+PROTOCOLS = {"short": {"layers": [7], "steps": 3, "warmup": 1}, "full": {"layers": [7, 9], "steps": 20, "warmup": 3}}
 
 
 class EGNNPytorchPeer(nn.Module):
@@ -153,17 +156,32 @@ def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Defaults are a short protocol (7 layers, 3 timed steps after 1 warm-up step, median of 3; about "
+               "5 minutes on 2 CPU cores, most of it the peer's ~10 s training steps). --full is the long protocol "
+               "of docs/results.md (7 and 9 layers, 20 timed steps after 3 warm-up steps, median of 3): over 30 "
+               "minutes on 2 CPU cores. Explicit --layers/--steps/--warmup/--repeats override either.")
+    p.add_argument("--full", action="store_true", help="the long protocol (see below); default: the short one")
     p.add_argument("--batch", type=int, default=96)
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, nargs="+", default=[7, 9])
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    p.add_argument("--layers", type=int, nargs="+", help="depths to measure (short: 7; --full: 7 9)")
+    p.add_argument("--steps", type=int, help="timed steps per measurement (short: 3; --full: 20)")
+    p.add_argument("--warmup", type=int, help="untimed steps before each measurement (short: 1; --full: 3)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="median over this many measurements")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    protocol = PROTOCOLS["full" if args.full else "short"]
+    for key, value in protocol.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
