@@ -78,3 +78,57 @@ def test_distance_basis_is_used_only_when_asked():
     assert not hasattr(plain.backbone.layers[0], "edge_in_rbf")
     layer = basis.backbone.layers[0]
     assert layer.edge_in_rbf.in_features == 64 and float(layer.rbf_centres[-1]) == 6.0
+
+
+# --- issue 13: non-finite floats and absurd sizes -----------------------------------------------
+
+from pairreg import config as config_module  # noqa: E402
+
+
+def test_float_fields_are_found_from_the_annotations():
+    names = config_module._float_fields()
+    assert {"lr", "coord_noise", "weight_decay", "reg_weight", "grad_clip", "rbf_max_A"} <= set(names)
+    assert "hidden" not in names and "targets" not in names
+
+
+@pytest.mark.parametrize("key", config_module._float_fields())
+@pytest.mark.parametrize("text", [".nan", "nan", ".inf", "-inf"])
+def test_every_float_field_must_be_finite(key, text):
+    # NaN passes every `<= 0` check; coord_noise=.nan used to train with the noise silently ignored
+    with pytest.raises(ConfigError, match=rf"^{key} must be a finite number, got (nan|-?inf)$"):
+        load_config("qm9-demo", [f"{key}={text}"])
+
+
+def test_non_finite_float_in_a_config_file_is_refused(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("coord_noise: .nan\n")
+    with pytest.raises(ConfigError, match="coord_noise must be a finite number"):
+        load_config("qm9-demo", [], f)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    # 4 B × 32 molecules × 29·28 edges × 9 layers × 9 hidden-wide tensors × 1e7 ≈ 84,000 GB
+    (["hidden=10000000"], r"about 84,188 GB of activations .*limit is 100 GB"),
+    (["hidden=4000"], r"about 1\.34e\+09 parameters .*limit is 1e\+09"),
+    (["hidden=100000", "batch_size=1"], r"hidden=100000, n_layers=9: the model would have about 5\.4e\+11 parameters"),
+    (["n_layers=1000000", "hidden=1"], r"n_layers=1000000 is more than 1000 layers"),
+    (["n_rbf=100000000", "hidden=8"], r"GB of activations"),
+])
+def test_absurd_sizes_are_refused_with_the_estimate(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("qm9-demo", overrides)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+@pytest.mark.parametrize("extra", [[], ["mitigation=g2"], ["mitigation=pairnorm"], ["mitigation=none", "n_rbf=8"],
+                                   ["mitigation=pairreg", "ablation=node-only", "node_attr=false"]])
+def test_parameter_count_on_meta_equals_the_built_model(preset, extra):
+    cfg = load_config(preset, ["hidden=16", "n_layers=3", *extra])
+    assert config_module.count_parameters(cfg) == sum(p.numel() for p in build_model(cfg).parameters())
+
+
+def test_shipped_presets_are_far_below_the_size_limits():
+    for preset in preset_names():
+        cfg = load_config(preset)
+        assert config_module.count_parameters(cfg) < config_module.MAX_PARAMETERS / 100
+        assert config_module.activation_bytes(cfg) < config_module.MAX_ACTIVATION_BYTES / 10

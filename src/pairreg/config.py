@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -62,11 +63,31 @@ class Config:
     weight_decay: float = 1e-16
     batch_size: int = 96
     epochs: int = 10
-    schedule: str = "cosine"  # constant | cosine | warmup-cosine (per step)
+    schedule: str = "cosine"  # constant | cosine | warmup-cosine (per step) | plateau (lowered on validation plateaus)
     warmup_epochs: float = 0.0
     lr_min: float = 0.0
     grad_clip: typing.Optional[float] = None  # max gradient norm; None: off (EGNN and PairReg use none)
     force_weight: float = 0.0  # rMD17: weight of the force L1 term (forces = −∂E/∂x); 0 = energy only (the paper)
+    # --- the field's force-field recipe (docs/training.md gives each key's source) ---
+    time_budget_min: typing.Optional[float] = None  # stop after this much training wall time (minutes); the
+    #   schedule's warm-up and decay then run on the fraction of the budget spent; `epochs` stays a cap
+    warmup_frac: float = 0.0  # linear warm-up over this fraction of the run (steps, or the time budget)
+    plateau_factor: float = 0.5  # schedule=plateau: lr × this after plateau_patience validations without a new best
+    plateau_patience: int = 10
+    ema_decay: typing.Optional[float] = None  # exponential moving average of the weights (NequIP/MACE 0.99);
+    #   validation, checkpoints, evaluate and predict use the averaged weights; None: off
+    energy_loss: str = "l1"  # l1 | mse | huber: loss on the standardised targets (energy on rMD17)
+    forces_loss: str = "l1"  # l1 | mse | huber: loss on standardised forces
+    huber_delta: float = 0.01  # huber: switch from quadratic to linear, in standardised units
+    energy_weight: float = 1.0  # weight of the target (energy) term
+    energy_per_atom: bool = False  # energy term on E/N_atoms (NequIP's per-atom energy loss)
+    energy_scale: str = "mad"  # mad: training MAD of the energy (EGNN) | force-rms: RMS of the training force
+    #   components × 1 Å (NequIP), so standardised forces have unit RMS
+    stage2_frac: typing.Optional[float] = None  # from this fraction of the run on, the energy weight is
+    #   stage2_energy_weight (MACE's second stage); None: off
+    stage2_energy_weight: float = 1000.0
+    divergence_guard: bool = True  # roll back to the best weights with lr × 0.5 when the loss explodes or the
+    #   force error collapses to the zero-force floor (at most 3 times, then stop)
     # --- run ---
     seed: int = 42
     out: str = "runs"  # parent folder of run directories
@@ -94,7 +115,10 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _CHOICES = {
     "coord_act": ("tanh", "silu"),
     "optimizer": ("adam", "adamw"),
-    "schedule": ("constant", "cosine", "warmup-cosine"),
+    "schedule": ("constant", "cosine", "warmup-cosine", "plateau"),
+    "energy_loss": ("l1", "mse", "huber"),
+    "forces_loss": ("l1", "mse", "huber"),
+    "energy_scale": ("mad", "force-rms"),
     "accelerator": ("cpu", "gpu", "auto"),
     "dataset": ("qm9", "rmd17"),
     "strategy": ("auto", "ddp", "ddp_spawn"),
@@ -201,11 +225,108 @@ def load_config(preset: str | None = None, overrides=None, file: str | Path | No
     return cfg
 
 
+def _float_fields() -> list[str]:
+    """Names of the fields typed ``float`` or ``Optional[float]`` (new float fields are covered too)."""
+    hints = typing.get_type_hints(Config)
+    return [name for name in FIELDS if hints[name] in (float, typing.Optional[float])]
+
+
+# Sizes no sane run reaches on any CPU or GPU: the paper's models have ~1e6 parameters and need ~1 GB
+# per batch. Anything past these is a typo (hidden=10000000) that would otherwise try to allocate TBs.
+MAX_PARAMETERS = 1_000_000_000
+MAX_ACTIVATION_BYTES = 100e9
+MAX_LAYERS = 1000  # the deepest study here has 12 layers; building 1e6 layers would exhaust memory by itself
+QM9_MAX_ATOMS = 29  # the largest QM9 molecule
+# (n_edges, hidden) float32 tensors one EGCL keeps for backward: h_j, W_j h_j + w d², + W_i h_i, SiLU,
+# edge_out, SiLU, gated message, φ_x hidden and its activation (models/backbones/egnn.py)
+EDGE_TENSORS_PER_LAYER = 9
+
+
+def count_parameters(cfg: Config) -> int:
+    """Exact number of trainable parameters of ``cfg``'s model, built on the meta device (no memory)."""
+    import torch
+
+    from .models import MoleculeModel
+
+    with torch.device("meta"):  # same arguments as training.module.build_model (a test checks the counts agree)
+        model = MoleculeModel(
+            n_targets=len(cfg.targets), hidden=cfg.hidden, n_layers=cfg.n_layers, mitigation=cfg.mitigation,
+            mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
+            n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A,
+        )
+    return sum(p.numel() for p in model.parameters())
+
+
+def activation_bytes(cfg: Config) -> float:
+    """Rough float32 memory of one training batch's activations: every edge of the complete graph of the
+    dataset's largest molecule keeps ~9 hidden-wide tensors (plus the distance basis) per layer."""
+    from .data import rmd17
+
+    n = QM9_MAX_ATOMS if cfg.dataset == "qm9" else rmd17.MOLECULES.get(cfg.molecule, ("", QM9_MAX_ATOMS))[1]
+    per_edge_layer = EDGE_TENSORS_PER_LAYER * cfg.hidden + cfg.n_rbf
+    return 4.0 * cfg.batch_size * n * (n - 1) * cfg.n_layers * per_edge_layer
+
+
+def _check_size(cfg: Config) -> None:
+    """Refuse models whose parameters or activations could not fit any machine, with the estimate."""
+    where = f"hidden={cfg.hidden}, n_layers={cfg.n_layers}"
+    if cfg.n_layers > MAX_LAYERS:
+        raise ConfigError(f"n_layers={cfg.n_layers} is more than {MAX_LAYERS} layers; refusing to build it "
+                          "(the deepest model studied here has 12)")
+    act = activation_bytes(cfg)
+    if act > MAX_ACTIVATION_BYTES:
+        raise ConfigError(f"{where}, batch_size={cfg.batch_size}, n_rbf={cfg.n_rbf}: a training batch needs about "
+                          f"{act / 1e9:,.0f} GB of activations (estimate; the limit is "
+                          f"{MAX_ACTIVATION_BYTES / 1e9:,.0f} GB, more than any CPU or GPU run here needs); "
+                          "lower hidden, n_layers or batch_size")
+    # a lower bound (each EGCL has at least 6 H² weights) first, so a huge width is never even built on meta
+    params = 6 * cfg.n_layers * cfg.hidden ** 2 + cfg.n_rbf * cfg.hidden * cfg.n_layers
+    if params <= MAX_PARAMETERS:
+        params = count_parameters(cfg)
+    if params > MAX_PARAMETERS:
+        raise ConfigError(f"{where}: the model would have about {float(params):.3g} parameters ({4 * params / 1e9:,.0f} GB "
+                          f"in float32); the limit is {MAX_PARAMETERS:.0e} (the paper's models have ~1e6); "
+                          "lower hidden or n_layers")
+
+
+def _check_recipe(cfg: Config) -> None:
+    """The training-recipe keys: ranges, and combinations that would silently do nothing."""
+    if cfg.time_budget_min is not None and cfg.time_budget_min <= 0:
+        raise ConfigError(f"time_budget_min must be > 0 minutes or null, got {cfg.time_budget_min}")
+    if cfg.time_budget_min is not None and cfg.warmup_epochs:
+        raise ConfigError("warmup_epochs: with time_budget_min the warm-up is a fraction of the budget; "
+                          "set warmup_frac instead")
+    if cfg.warmup_frac and cfg.warmup_epochs:
+        raise ConfigError("warmup_frac and warmup_epochs are both set; use one")
+    for key in ("warmup_frac", "stage2_frac"):
+        value = getattr(cfg, key)
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
+    if not 0 < cfg.plateau_factor < 1:
+        raise ConfigError(f"plateau_factor must be in (0, 1), got {cfg.plateau_factor}")
+    if cfg.plateau_patience < 1:
+        raise ConfigError(f"plateau_patience must be >= 1, got {cfg.plateau_patience}")
+    for key in ("huber_delta", "energy_weight", "stage2_energy_weight"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0, got {getattr(cfg, key)}")
+    if cfg.energy_scale == "force-rms" and cfg.dataset != "rmd17":
+        raise ConfigError(f"energy_scale=force-rms needs forces; dataset={cfg.dataset} has none (use mad)")
+    if cfg.stage2_frac is not None and cfg.dataset != "rmd17":
+        raise ConfigError("stage2_frac: the second stage raises the energy weight against forces; "
+                          f"dataset={cfg.dataset} has none")
+
+
 def validate(cfg: Config) -> Config:
     """Semantic checks. Raises ConfigError naming the field."""
     from .data import qm9, rmd17
     from .models.mitigations import build_mitigation
 
+    for key in _float_fields():  # NaN and ±inf pass every comparison below (nan <= 0 is False): refuse first
+        value = getattr(cfg, key)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise ConfigError(f"{key}={getattr(cfg, key)!r} is not valid; choose one of {list(choices)}")
@@ -254,6 +375,8 @@ def validate(cfg: Config) -> Config:
         build_mitigation(cfg.mitigation, 1, 2, **cfg.mitigation_options())
     except ValueError as err:
         raise ConfigError(f"mitigation={cfg.mitigation!r}: {err}") from None
+    _check_recipe(cfg)
+    _check_size(cfg)
     return cfg
 
 
