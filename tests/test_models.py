@@ -29,6 +29,7 @@ VARIANTS = {
     "noisynodes": ("noisynodes", {}),
     "pairreg+rbf": ("pairreg", {}, {"n_rbf": 16, "rbf_max_A": 6.0}),  # distance basis in φ_e (rmd17-cpu)
     "none+rbf": ("none", {}, {"n_rbf": 8}),
+    "g2+rbf": ("g2", {}, {"n_rbf": 8, "rbf_max_A": 6.0}),  # the gate EGCLs get the basis too
 }
 
 

@@ -1,10 +1,13 @@
 """PairNorm identities per molecule, and G2's gate, on constructed inputs."""
 
+import numpy as np
 import pytest
 import torch
 
-from pairreg.models.mitigations import GraphContext, build_mitigation
 from pairreg.data.graphs import complete_graph_edges
+from pairreg.data.molecules import make_batch
+from pairreg.models import MoleculeModel
+from pairreg.models.mitigations import GraphContext, build_mitigation
 
 
 def two_molecules(dtype=torch.float64):
@@ -92,3 +95,45 @@ def test_noisynodes_is_denoising_on_the_plain_stack():
         "none", "replace", True, "input", 0.1, 0.1)
     with pytest.raises(ValueError, match="do not apply"):
         build_mitigation("noisynodes", 2, 4, residual="add")
+
+
+def g2_model(hidden=8, **options):
+    torch.manual_seed(0)
+    return MoleculeModel(n_targets=1, hidden=hidden, n_layers=2, mitigation="g2", n_rbf=6, rbf_max_A=5.0,
+                         **options).double()
+
+
+def water_and_ammonia():
+    zs = [np.array([8, 1, 1]), np.array([7, 1, 1, 1])]
+    ps = [np.array([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
+          np.array([[0.0, 0, 0.1], [1.01, 0, 0], [-0.5, 0.87, 0], [-0.5, -0.87, 0]])]
+    return make_batch(zs, ps, dtype=torch.float64)
+
+
+def test_g2_gates_are_built_like_the_main_layers():
+    """The gate EGCLs get the main layers' distance basis and node attributes (they had neither)."""
+    model = g2_model()
+    for layer, gate in zip(model.backbone.layers, model.mitigation.gates):
+        assert gate.n_rbf == layer.n_rbf == 6 and gate.edge_in_rbf.in_features == 6
+        torch.testing.assert_close(gate.rbf_centres, layer.rbf_centres)
+        assert gate.node_mlp[0].in_features == layer.node_mlp[0].in_features == 2 * 8 + model.features.dim
+        assert not gate.update_coords
+    bare = g2_model(node_attr=False)
+    assert bare.mitigation.gates[0].node_mlp[0].in_features == 2 * 8
+
+
+def test_g2_gate_reads_the_basis_and_the_node_attributes():
+    model = g2_model()
+    b = water_and_ammonia()
+    seen = []
+    model.mitigation.gates[0].register_forward_pre_hook(lambda module, args: seen.append(args))
+    before = model.predict(b.z, b.pos, b.batch)
+    torch.testing.assert_close(seen[0][4], model.features(b.z, torch.float64))  # node_attr reaches the gate
+    gate = model.mitigation.gates[0]
+    with torch.no_grad():  # the basis path of the gate alone: the prediction must move with it
+        gate.edge_in_rbf.weight.add_(0.5)
+    after_basis = model.predict(b.z, b.pos, b.batch)
+    assert float((after_basis - before).abs().max()) > 1e-6
+    with torch.no_grad():  # the gate's weights on the node attributes
+        gate.node_mlp[0].weight[:, 2 * 8:].add_(0.5)
+    assert float((model.predict(b.z, b.pos, b.batch) - after_basis).abs().max()) > 1e-6

@@ -122,7 +122,7 @@ class MoleculeModel(nn.Module):
         inv_deg = (1.0 / (counts - 1).clamp(min=1).to(pos.dtype))[batch].unsqueeze(-1)  # (n_atoms, 1) C = 1/(N−1)
         attr = self.features(z, pos.dtype)  # (n_atoms, F)
         h = self.embedding(attr)  # (n_atoms, H)
-        graph = GraphContext(batch, edge_index, n_molecules)
+        graph = GraphContext(batch, edge_index, n_molecules, attr if self.node_attr else None)
         h, x, record = self.backbone(h, pos, edge_index, inv_deg, graph, attr if self.node_attr else None)
         node = self.node_head(h)  # (n_atoms, H)
         pooled = torch.zeros(n_molecules, node.shape[1], dtype=node.dtype, device=node.device).index_add_(0, batch, node)

@@ -63,9 +63,13 @@ class EGCL(nn.Module):
             nn.init.xavier_uniform_(last.weight, gain=1e-3)
             act = {"tanh": nn.Tanh(), "silu": nn.SiLU()}[coord_act]
             self.coord_mlp = nn.Sequential(nn.Linear(hidden, hidden), act, last)
-        # Initialise the split first layer like one nn.Linear(2H + 1, H) would be.
-        bound = 1.0 / (2 * hidden + 1) ** 0.5
-        for p in (self.edge_in_i.weight, self.edge_in_i.bias, self.edge_in_j.weight, self.edge_in_d2):
+        # Initialise the split first layer like one nn.Linear(2H + 1 + n_rbf, H) on [h_i ‖ h_j ‖ d² ‖ basis]
+        # would be: every part, the basis weights included, uniform in ±1/√(fan-in of the whole layer).
+        split = [self.edge_in_i.weight, self.edge_in_i.bias, self.edge_in_j.weight, self.edge_in_d2]
+        if n_rbf:
+            split.append(self.edge_in_rbf.weight)
+        bound = 1.0 / (2 * hidden + 1 + n_rbf) ** 0.5
+        for p in split:
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, h, x, edge_index, inv_deg, node_attr=None):
@@ -113,11 +117,13 @@ class EGNNBackbone(nn.Module):
                  n_rbf: int = 0, rbf_max_A: float = 10.0):
         super().__init__()
         self.mitigation = mitigation
+        # one place for what every EGCL of the model sees (edge features, node attributes)
+        options = dict(node_attr_dim=node_attr_dim, coord_act=coord_act, n_rbf=n_rbf, rbf_max_A=rbf_max_A)
         self.layers = nn.ModuleList(
-            EGCL(hidden, node_attr_dim, update_coords=mitigation.update_coords, coord_act=coord_act, n_rbf=n_rbf,
-                 rbf_max_A=rbf_max_A)
-            for _ in range(n_layers)
+            EGCL(hidden, update_coords=mitigation.update_coords, **options) for _ in range(n_layers)
         )
+        # a mitigation's own EGCLs (G2's gates) are built like these layers, with coordinate updates off
+        mitigation.attach_layers(lambda: EGCL(hidden, update_coords=False, **options))
 
     def forward(self, h, x, edge_index, inv_deg, graph, node_attr=None):
         record = LayerRecord(x_input=x)

@@ -26,6 +26,7 @@ class GraphContext:
     batch: torch.Tensor  # (n_atoms,) molecule index
     edge_index: torch.Tensor  # (2, n_edges)
     n_molecules: int
+    node_attr: torch.Tensor | None = None  # (n_atoms, A) the attributes every EGCL's φ_h reads, or None
 
 
 class Mitigation(nn.Module):
@@ -38,6 +39,11 @@ class Mitigation(nn.Module):
         super().__init__()
         self.n_layers = n_layers
         self.hidden = hidden
+
+    def attach_layers(self, make_layer) -> None:
+        """Called once by the backbone: ``make_layer()`` builds an EGCL configured like the backbone's
+        own (same edge features and node attributes), coordinate updates off. Mitigations that run
+        EGCLs of their own (G2's gates) build them here."""
 
     def begin(self, h, x, graph: GraphContext):
         return h, x

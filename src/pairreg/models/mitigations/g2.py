@@ -1,7 +1,9 @@
 """G2, gradient gating (Rusch, Chamberlain, Mahoney, Bronstein & Mishra, ICLR 2023), with EGCLs.
 
 A second EGCL per layer (its own weights, features only) gives rates τ̂; the per-channel gate is
-the graph gradient of τ̂ on the molecule's complete graph::
+the graph gradient of τ̂ on the molecule's complete graph. In a model, the gate EGCLs are built by
+the backbone like its own layers (``attach_layers``), so they read the same edge features (e.g. the
+``n_rbf`` distance basis) and node attributes as the main layers::
 
     τ̂ = σ(EGCL_gate,l(h_{l−1}, x_{l−1}))
     τ_ik = tanh( A_{j≠i} |τ̂_jk − τ̂_ik|^p )          A = Σ (paper) or mean (authors' code)
@@ -40,7 +42,11 @@ class GradientGating(Mitigation):
         if self.aggregation not in ("sum", "mean"):
             raise ValueError(f"g2_aggregation={g2_aggregation!r} is not valid; choose one of ['sum', 'mean']")
         self.update_coords = bool(update_coords) if update_coords is not None else False
-        self.gates = nn.ModuleList(EGCL(hidden, 0, update_coords=False) for _ in range(n_layers))
+        # bare gates for use on its own; a backbone rebuilds them like its layers (attach_layers)
+        self.attach_layers(lambda: EGCL(hidden, update_coords=False))
+
+    def attach_layers(self, make_layer) -> None:
+        self.gates = nn.ModuleList(make_layer() for _ in range(self.n_layers))
 
     def extra_repr(self) -> str:
         return f"g2_p={self.p}, g2_aggregation={self.aggregation}, update_coords={self.update_coords}"
@@ -57,6 +63,6 @@ class GradientGating(Mitigation):
 
     def combine(self, layer, h_prev, x_prev, h_new, x_new, graph, record):
         ones = torch.ones(len(h_prev), 1, dtype=h_prev.dtype, device=h_prev.device)  # C unused: no coordinate update
-        tau_hat, _ = self.gates[layer](h_prev, x_prev, graph.edge_index, ones)
+        tau_hat, _ = self.gates[layer](h_prev, x_prev, graph.edge_index, ones, graph.node_attr)
         tau = self.rates(torch.relu(tau_hat), graph.edge_index)
         return (1 - tau) * h_prev + tau * torch.relu(h_new), x_new
