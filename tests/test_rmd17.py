@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -116,16 +117,35 @@ def _tarball(tmp_path: Path) -> Path:
     return archive
 
 
+def _pin(monkeypatch, archive: Path, url: str | None = None) -> None:
+    """Point the download at ``archive`` (a local file) and pin its size and digests, as the real ones are."""
+    data = archive.read_bytes()
+    monkeypatch.setattr(rmd17, "ARCHIVE_URL", url or archive.as_uri())
+    monkeypatch.setattr(rmd17, "ARCHIVE_SIZE", len(data))
+    monkeypatch.setattr(rmd17, "ARCHIVE_SHA256", hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(rmd17, "ARCHIVE_MD5", hashlib.md5(data).hexdigest())
+    monkeypatch.delenv("PAIRREG_RMD17_ROOT", raising=False)
+
+
+def _leftovers(cache: Path) -> list[str]:
+    """Files in the cache other than the lock file (which stays, empty, by design)."""
+    return sorted(p.name for p in cache.iterdir() if p.name != rmd17.LOCK_NAME)
+
+
+def test_archive_pins_are_the_full_figshare_digests():
+    assert rmd17.ARCHIVE_SHA256 == "cddeea2ec2c4b22a9de16a9a65a3eeedac5b29da9c99c20bbff0153912bf922b"
+    assert rmd17.ARCHIVE_SIZE == 1_066_301_513
+    assert rmd17.ARCHIVE_MD5 == "cb1a927628d96f2e966025da4fb63d18"
+
+
 def test_download_verifies_checksum_and_extracts(tmp_path, monkeypatch):
     archive = _tarball(tmp_path)
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     cache = tmp_path / "cache"
-    monkeypatch.setattr(rmd17, "ARCHIVE_URL", archive.as_uri())
-    monkeypatch.setattr(rmd17, "ARCHIVE_SHA256_PREFIX", digest[:12])
-    monkeypatch.delenv("PAIRREG_RMD17_ROOT", raising=False)
+    _pin(monkeypatch, archive)
     ds, idx = rmd17.load_rmd17("ethanol", "official-1", cache_dir=cache)
     assert len(idx["test"]) == 20 and (cache / "rmd17.tar.bz2").is_file()
     assert not list(cache.rglob("evil.txt"))  # only npz_data/ and splits/ members are extracted
+    assert _leftovers(cache) == ["rmd17", "rmd17.tar.bz2"]  # no .part, no staging folder
     # second call: found in the cache, no download (the URL now points nowhere)
     monkeypatch.setattr(rmd17, "ARCHIVE_URL", (tmp_path / "gone.tar.bz2").as_uri())
     ds2, _ = rmd17.load_rmd17("ethanol", "official-1", cache_dir=cache)
@@ -135,12 +155,165 @@ def test_download_verifies_checksum_and_extracts(tmp_path, monkeypatch):
 def test_download_with_wrong_checksum_leaves_nothing(tmp_path, monkeypatch):
     archive = _tarball(tmp_path)
     cache = tmp_path / "cache"
-    monkeypatch.setattr(rmd17, "ARCHIVE_URL", archive.as_uri())
-    monkeypatch.delenv("PAIRREG_RMD17_ROOT", raising=False)
+    _pin(monkeypatch, archive)
+    monkeypatch.setattr(rmd17, "ARCHIVE_SHA256", "0" * 64)
     with pytest.raises(rmd17.RMD17Error, match="checksum mismatch") as err:
         rmd17.load_rmd17("ethanol", "official-1", cache_dir=cache)
     assert "three ways" in str(err.value)
-    assert not [p for p in cache.iterdir()]  # no archive, no partial file
+    assert _leftovers(cache) == []  # no archive, no partial file
+
+
+def test_the_whole_sha256_is_checked_not_a_prefix(tmp_path, monkeypatch):
+    archive = _tarball(tmp_path)
+    _pin(monkeypatch, archive)
+    real = rmd17.ARCHIVE_SHA256
+    # same first 48 bits (what used to be checked), different after
+    monkeypatch.setattr(rmd17, "ARCHIVE_SHA256", real[:12] + ("0" if real[12] != "0" else "1") + real[13:])
+    with pytest.raises(rmd17.RMD17Error, match=r"checksum mismatch \(sha256"):
+        rmd17.load_rmd17("ethanol", "official-1", cache_dir=tmp_path / "cache")
+
+
+def test_the_md5_and_the_size_are_checked(tmp_path, monkeypatch):
+    archive = _tarball(tmp_path)
+    _pin(monkeypatch, archive)
+    monkeypatch.setattr(rmd17, "ARCHIVE_MD5", "f" * 32)
+    with pytest.raises(rmd17.RMD17Error, match=r"checksum mismatch \(md5"):
+        rmd17.load_rmd17("ethanol", "official-1", cache_dir=tmp_path / "c1")
+    _pin(monkeypatch, archive)
+    monkeypatch.setattr(rmd17, "ARCHIVE_SIZE", archive.stat().st_size + 1)  # file:// announces the real size
+    with pytest.raises(rmd17.RMD17Error, match=r"announces [\d,]+ bytes, but rmd17.tar.bz2 has") as err:
+        rmd17.load_rmd17("ethanol", "official-1", cache_dir=tmp_path / "c2")
+    assert _leftovers(tmp_path / "c2") == []
+    # an archive copied into the cache by hand is checked the same way
+    _pin(monkeypatch, archive)
+    (tmp_path / "c3").mkdir()
+    (tmp_path / "c3" / "rmd17.tar.bz2").write_bytes(archive.read_bytes()[:-1])
+    with pytest.raises(rmd17.RMD17Error, match=r"bytes, but rmd17.tar.bz2 has"):
+        rmd17.load_rmd17("ethanol", "official-1", cache_dir=tmp_path / "c3", download=False)
+
+
+class _Response:
+    """A stand-in for urlopen's response: serves ``data``, counts what was read, and can fail part-way."""
+
+    def __init__(self, data: bytes, fail_after: int | None = None, error: BaseException | None = None):
+        self.data, self.served, self.fail_after, self.error = data, 0, fail_after, error
+        self.headers = {}  # no Content-Length: a server that does not announce the size
+
+    def read(self, n: int) -> bytes:
+        if self.fail_after is not None and self.served >= self.fail_after:
+            raise self.error
+        block = self.data[self.served: self.served + n]
+        self.served += len(block)
+        return block
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _serve(monkeypatch, response: _Response) -> None:
+    monkeypatch.setattr(rmd17.urllib.request, "urlopen", lambda url, timeout=None: response)
+
+
+def test_a_server_sending_too_much_is_cut_off_at_the_size(tmp_path, monkeypatch):
+    archive = _tarball(tmp_path)
+    _pin(monkeypatch, archive, url="http://example.invalid/rmd17.tar.bz2")
+    monkeypatch.setattr(rmd17, "CHUNK", 1024)
+    response = _Response(archive.read_bytes() + b"\0" * (8 << 20))
+    _serve(monkeypatch, response)
+    cache = tmp_path / "cache"
+    with pytest.raises(rmd17.RMD17Error, match="sent more than the [\\d,]+ bytes of rmd17.tar.bz2; stopped reading"):
+        rmd17.load_rmd17("ethanol", "official-1", cache_dir=cache)
+    assert response.served == rmd17.ARCHIVE_SIZE + 1  # one byte past the size, not the 8 MB that follow
+    assert _leftovers(cache) == []
+
+
+def test_a_truncated_download_is_refused(tmp_path, monkeypatch):
+    archive = _tarball(tmp_path)
+    _pin(monkeypatch, archive, url="http://example.invalid/rmd17.tar.bz2")
+    _serve(monkeypatch, _Response(archive.read_bytes()[:-100]))
+    with pytest.raises(rmd17.RMD17Error, match=r"bytes, but rmd17.tar.bz2 has"):
+        rmd17.load_rmd17("ethanol", "official-1", cache_dir=tmp_path / "cache")
+    assert _leftovers(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("error,expected", [(KeyboardInterrupt(), KeyboardInterrupt),
+                                            (ConnectionResetError("reset by peer"), rmd17.RMD17Error)])
+def test_an_interrupted_download_removes_its_part_file(tmp_path, monkeypatch, error, expected):
+    archive = _tarball(tmp_path)
+    _pin(monkeypatch, archive, url="http://example.invalid/rmd17.tar.bz2")
+    monkeypatch.setattr(rmd17, "CHUNK", 256)
+    _serve(monkeypatch, _Response(archive.read_bytes(), fail_after=512, error=error))
+    cache = tmp_path / "cache"
+    with pytest.raises(expected):  # Ctrl-C stays a KeyboardInterrupt, not an RMD17Error
+        rmd17.load_rmd17("ethanol", "official-1", cache_dir=cache)
+    assert _leftovers(cache) == []
+
+
+def test_a_part_file_left_by_a_killed_process_is_deleted(tmp_path, monkeypatch):
+    archive = _tarball(tmp_path)
+    _pin(monkeypatch, archive)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "rmd17.tar.bz2.part").write_bytes(b"x" * 1000)  # killed by SIGKILL: no cleanup ran
+    (cache / "rmd17.tar.bz2k3j_x9.part").write_bytes(b"x" * 1000)  # the name older versions used
+    (cache / ".extractq1w2").mkdir()  # an extraction killed half-way
+    rmd17.load_rmd17("ethanol", "official-1", cache_dir=cache)
+    assert _leftovers(cache) == ["rmd17", "rmd17.tar.bz2"]
+
+
+def test_processes_sharing_a_cache_download_and_extract_once(tmp_path, monkeypatch):
+    """Three loaders start on an empty cache: the first downloads; the others wait for the lock, then find
+    the extracted files (before, each downloaded and extracted, and they collided)."""
+    archive = _tarball(tmp_path)
+    _pin(monkeypatch, archive)
+    cache = tmp_path / "cache"
+    real_urlopen = rmd17.urllib.request.urlopen
+    state = threading.Condition()
+    calls, waiting, results, release = [], [], {}, threading.Event()
+
+    def changed(update):
+        with state:
+            update()
+            state.notify_all()
+
+    def urlopen(url, timeout=None):
+        changed(lambda: calls.append(url))
+        if len(calls) == 1:  # hold the first download until the others are queued on the lock
+            release.wait()
+        return real_urlopen(url, timeout=timeout)
+
+    def say(message):
+        if "waiting" in message:
+            changed(lambda: waiting.append(message))
+
+    def load(name):
+        try:
+            y = rmd17.load_rmd17("ethanol", "official-1", cache_dir=cache)[0].y
+        except BaseException as err:  # reported by the assertions below
+            y = err
+        changed(lambda: results.__setitem__(name, y))
+
+    monkeypatch.setattr(rmd17.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(rmd17, "_say", say)
+    threads = {name: threading.Thread(target=load, args=(name,)) for name in ("first", "second", "third")}
+    threads["first"].start()
+    with state:
+        state.wait_for(lambda: calls or results)
+    threads["second"].start()
+    threads["third"].start()
+    with state:  # until both announce they wait (or, without a lock, finish on their own)
+        state.wait_for(lambda: len(waiting) + len(set(results) - {"first"}) >= 2)
+    release.set()
+    for t in threads.values():
+        t.join()
+    assert len(waiting) == 2 and len(calls) == 1
+    for name in ("first", "second", "third"):
+        assert isinstance(results[name], np.ndarray), results[name]
+        np.testing.assert_array_equal(results[name], results["first"])
+    assert _leftovers(cache) == ["rmd17", "rmd17.tar.bz2"]
 
 
 def test_failed_download_names_the_three_ways(tmp_path, monkeypatch):

@@ -13,7 +13,13 @@ Two folder layouts are read:
   and ``splits/index_<train|test>_<NN>.csv`` (row indices into that file).
 
 Sources are tried in order: the ``root`` the user gives; the cache (``$PAIRREG_CACHE/rmd17``, where a
-download is extracted); a download of the archive, verified against its checksum.
+download is extracted); a download of the archive, verified against its size, SHA-256 and MD5.
+
+The cache is shared safely: downloading and extracting happen under an exclusive ``flock`` on
+``<cache>/.rmd17.lock``, so of several processes started together one downloads and extracts, the
+others wait and then find the extracted files. The download streams to ``rmd17.tar.bz2.part``, which is
+deleted on any error or Ctrl-C; a ``.part`` left by a killed process is deleted (not resumed) by the next
+download, which holds the lock, so no other process can still be writing it.
 
 Splits:
 
@@ -28,6 +34,7 @@ Reporting units: energy in meV, forces in meV/Å (1 kcal/mol = 43.364 meV).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -40,6 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: the cache is then not locked
+    fcntl = None
 
 from .. import units
 from .molecules import MoleculeSet
@@ -58,11 +70,13 @@ VAL_FRACTION_OFFICIAL = 0.05  # 50 of the 1,000 training frames of an official s
 RATIOS = (0.8, 0.1, 0.1)  # the paper's 80k/10k/10k, as fractions
 
 ARCHIVE_URL = "https://figshare.com/ndownloader/files/23950376"  # figshare 12672038, rmd17.tar.bz2
-# First 12 hex digits of the archive's SHA-256 as recorded by the load-atoms project
-# (jla-gardner/load-atoms, database/importers/rmd17.py). The full digest was not available offline;
-# a 48-bit prefix still rejects truncated or substituted downloads.
-ARCHIVE_SHA256_PREFIX = "cddeea2ec2c4"
+# figshare 12672038 version 3, file rmd17.tar.bz2: its size and MD5 as figshare lists them, and its SHA-256
+ARCHIVE_SIZE = 1_066_301_513  # bytes
+ARCHIVE_SHA256 = "cddeea2ec2c4b22a9de16a9a65a3eeedac5b29da9c99c20bbff0153912bf922b"
+ARCHIVE_MD5 = "cb1a927628d96f2e966025da4fb63d18"
 ARCHIVE_NAME = "rmd17.tar.bz2"
+LOCK_NAME = ".rmd17.lock"
+CHUNK = 1 << 20  # bytes read and hashed at a time
 
 
 class RMD17Error(ValueError):
@@ -211,50 +225,117 @@ def _load_from_archive(npz: Path, splits: Path, molecule: str, n: int | None) ->
 
 # --- download --------------------------------------------------------------------------------------
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+def _say(message: str) -> None:
+    print(f"[pairreg] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def cache_lock(cache: Path):
+    """Hold an exclusive lock on ``cache`` while downloading or extracting into it; other processes wait."""
+    cache.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(cache / LOCK_NAME, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"waiting for another process that is downloading or extracting rMD17 in {cache} ...")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def file_digests(path: Path) -> tuple[int, str, str]:
+    """(size in bytes, SHA-256, MD5) of a file."""
+    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            size += len(block)
+            sha.update(block)
+            md5.update(block)
+    return size, sha.hexdigest(), md5.hexdigest()
 
 
-def download_archive(dest_dir: Path, url: str | None = None, sha256_prefix: str | None = None,
-                     timeout: float = 60.0) -> Path:
-    """Download the archive to ``dest_dir/rmd17.tar.bz2`` (atomically), verify its checksum, extract
-    ``npz_data/`` and ``splits/`` into ``dest_dir/rmd17/``. Returns the extracted folder."""
-    url, sha256_prefix = url or ARCHIVE_URL, sha256_prefix or ARCHIVE_SHA256_PREFIX
+def check_digests(size: int, sha256: str, md5: str, what: str) -> None:
+    """Raise RMD17Error unless size, SHA-256 and MD5 are the pinned ones of the figshare archive."""
+    advice = "not the rMD17 archive or a damaged download; delete it and try again"
+    if size != ARCHIVE_SIZE:
+        raise RMD17Error(f"{what}: {size:,} bytes, but rmd17.tar.bz2 has {ARCHIVE_SIZE:,}; {advice}")
+    if sha256 != ARCHIVE_SHA256:
+        raise RMD17Error(f"{what}: checksum mismatch (sha256 {sha256[:16]}..., expected {ARCHIVE_SHA256[:16]}...); "
+                         f"{advice}")
+    if md5 != ARCHIVE_MD5:
+        raise RMD17Error(f"{what}: checksum mismatch (md5 {md5}, expected {ARCHIVE_MD5}); {advice}")
+
+
+def verify_archive(path: Path, what: str | None = None) -> None:
+    size = path.stat().st_size
+    if size != ARCHIVE_SIZE:  # no need to hash a file of the wrong size
+        check_digests(size, ARCHIVE_SHA256, ARCHIVE_MD5, what or str(path))
+    check_digests(*file_digests(path), what or str(path))
+
+
+def _fetch(url: str, dest: Path, timeout: float) -> tuple[int, str, str]:
+    """Stream ``url`` into ``dest``, hashing on the way; never reads more than ARCHIVE_SIZE + 1 bytes."""
+    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+        announced = (response.headers.get("Content-Length") or "").strip()
+        if announced.isdigit() and int(announced) != ARCHIVE_SIZE:
+            raise RMD17Error(f"{url}: the server announces {int(announced):,} bytes, but rmd17.tar.bz2 has "
+                             f"{ARCHIVE_SIZE:,}; not downloading it")
+        while True:
+            block = response.read(min(CHUNK, ARCHIVE_SIZE + 1 - size))
+            if not block:
+                return size, sha.hexdigest(), md5.hexdigest()
+            size += len(block)
+            if size > ARCHIVE_SIZE:
+                raise RMD17Error(f"{url}: the server sent more than the {ARCHIVE_SIZE:,} bytes of rmd17.tar.bz2; "
+                                 "stopped reading")
+            sha.update(block)
+            md5.update(block)
+            out.write(block)
+
+
+def download_archive(dest_dir: Path, url: str | None = None, timeout: float = 60.0) -> Path:
+    """Download the archive to ``dest_dir/rmd17.tar.bz2`` (via a ``.part`` file), verify its size and checksums,
+    extract ``npz_data/`` and ``splits/`` into ``dest_dir/rmd17/``. Returns the extracted folder.
+
+    Call it holding :func:`cache_lock` on ``dest_dir`` (:func:`locate` does): it deletes any ``.part`` file
+    there as left behind by a killed process.
+    """
+    url = url or ARCHIVE_URL
     dest_dir.mkdir(parents=True, exist_ok=True)
     archive = dest_dir / ARCHIVE_NAME
     if not archive.is_file():
-        fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=ARCHIVE_NAME, suffix=".part")
+        for stale in sorted(dest_dir.glob(f"{ARCHIVE_NAME}*.part")):
+            _say(f"deleting {stale}, an incomplete download left by a process that was stopped")
+            stale.unlink(missing_ok=True)
+        part = dest_dir / f"{ARCHIVE_NAME}.part"
+        _say(f"downloading rMD17 ({url}, {ARCHIVE_SIZE / 1e9:.2f} GB) to {archive} ...")
         try:
-            print(f"[pairreg] downloading rMD17 ({url}) to {archive} ...", file=sys.stderr, flush=True)
-            with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
-            verify_archive(Path(tmp), sha256_prefix, what=url)
-        except BaseException as err:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(err, RMD17Error):
+            try:
+                check_digests(*_fetch(url, part, timeout), what=url)
+            except RMD17Error:
                 raise
-            raise RMD17Error(f"download of {url} failed ({type(err).__name__}: {err})") from None
-        os.replace(tmp, archive)
+            except Exception as err:  # network and disk errors; KeyboardInterrupt and SystemExit pass unchanged
+                raise RMD17Error(f"download of {url} failed ({type(err).__name__}: {err})") from None
+        except BaseException:
+            part.unlink(missing_ok=True)  # never leave a partial GB behind, Ctrl-C included
+            raise
+        os.replace(part, archive)
     else:
-        verify_archive(archive, sha256_prefix, what=str(archive))
+        verify_archive(archive, what=str(archive))
     return extract_archive(archive, dest_dir)
-
-
-def verify_archive(path: Path, sha256_prefix: str | None = None, what: str | None = None) -> None:
-    sha256_prefix = sha256_prefix or ARCHIVE_SHA256_PREFIX
-    digest = sha256_of(path)
-    if not digest.startswith(sha256_prefix):
-        raise RMD17Error(f"{what or path}: checksum mismatch (sha256 {digest[:16]}..., expected {sha256_prefix}...); "
-                         "not the rMD17 archive or a damaged download — delete it and try again")
 
 
 def extract_archive(archive: Path, dest_dir: Path) -> Path:
     """Extract the npz files and split indices (only those members, never absolute or '..' paths)."""
     target = dest_dir / "rmd17"
+    for stale in dest_dir.glob(".extract*"):  # left by a killed extraction (callers hold the cache lock)
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=dest_dir, prefix=".extract"))
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -263,7 +344,8 @@ def extract_archive(archive: Path, dest_dir: Path) -> Path:
             if not members:
                 raise RMD17Error(f"{archive}: no rmd17/npz_data/*.npz inside; not the rMD17 archive")
             tar.extractall(staging, members=members, filter="data")
-        shutil.rmtree(target, ignore_errors=True)
+        if target.exists():  # move the old copy aside, so the new one appears in one rename
+            os.replace(target, staging / "old")
         os.replace(staging / "rmd17", target)
     except (tarfile.TarError, OSError) as err:
         raise RMD17Error(f"{archive}: cannot extract ({type(err).__name__}: {err})") from None
@@ -305,8 +387,10 @@ def locate(molecule: str, root: str | Path | None = None, cache_dir: str | Path 
     if not download and not (cache / ARCHIVE_NAME).is_file():
         raise RMD17Error(f"rMD17 {molecule} not found (no root given, nothing in the cache). {ways}")
     try:
-        download_archive(cache)
-    except RMD17Error as err:
+        with cache_lock(cache):
+            if not archive_files(cache, molecule):  # else another process extracted it while this one waited
+                download_archive(cache)
+    except (RMD17Error, OSError) as err:
         raise RMD17Error(f"rMD17 {molecule} not found locally and the download failed: {err}. {ways}") from None
     if not archive_files(cache, molecule):
         raise RMD17Error(f"{cache / ARCHIVE_NAME}: extracted, but it holds no npz_data/rmd17_{molecule}.npz")
