@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import lightning as L
@@ -27,12 +28,24 @@ def build_splits(cfg: Config, dataset: MoleculeSet | None = None) -> tuple[Molec
     return ds, split
 
 
-def target_statistics(ds: MoleculeSet, train_idx) -> tuple[np.ndarray, np.ndarray]:
-    """EGNN's standardisation: training mean and mean absolute deviation per target."""
+def target_statistics(ds: MoleculeSet, train_idx, energy_scale: str = "mad") -> tuple[np.ndarray, np.ndarray]:
+    """Training mean per target, and the scale: EGNN's mean absolute deviation (``mad``), or NequIP's RMS
+    of the training force components × 1 Å (``force-rms``, energy models only), under which standardised
+    forces have unit RMS."""
     y = ds.y[train_idx]
     mean = y.mean(0)
+    if energy_scale == "force-rms":
+        if ds.forces is None:
+            raise ValueError("energy_scale=force-rms: this dataset has no forces")
+        forces = ds.subset(train_idx).forces  # (n_atoms, 3), force unit (e.g. meV/Å)
+        return mean, np.full_like(mean, float(np.sqrt(np.mean(forces ** 2))))
     mad = np.abs(y - mean).mean(0)
     return mean, np.where(mad > 0, mad, 1.0)
+
+
+def zero_force_mae(ds: MoleculeSet, idx) -> float | None:
+    """MAE of predicting zero forces on molecules ``idx`` (the floor a force model must beat), or None."""
+    return None if ds.forces is None else float(np.abs(ds.subset(idx).forces).mean())
 
 
 class EpochShuffle(torch.utils.data.Sampler):
@@ -64,8 +77,13 @@ class MoleculeDataModule(L.LightningDataModule):
         self.sets = {k: dataset.subset(v) for k, v in split.items()}
 
     def save_split(self, path: Path) -> None:
-        np.savez(path, **{k: self.dataset.mol_ids[v] for k, v in self.split.items()},
+        """Written atomically (temp file + rename), like the checkpoints."""
+        from ..atomic import write_atomic
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: self.dataset.mol_ids[v] for k, v in self.split.items()},
                  **{f"{k}_position": v for k, v in self.split.items()})
+        write_atomic(path, buffer.getbuffer())
 
     def loader(self, name: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
         ds = self.sets[name]

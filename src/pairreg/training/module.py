@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 
 import lightning as L
@@ -12,6 +11,7 @@ import torch
 from ..config import Config
 from ..models import MoleculeModel
 from .losses import NonFiniteLossError, force_loss, total_loss
+from .schedules import PlateauScale, WallBudget, lr_factor, lr_factor_at  # noqa: F401  (lr_factor re-exported)
 
 FORCE_NAME = "forces"
 
@@ -39,18 +39,6 @@ def parse_metric_name(key: str) -> tuple[str, str, str] | None:
     return split, target, unit.replace("_per_", "/")
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, lr: float, lr_min: float) -> float:
-    """Multiplier of the base lr at optimiser step ``step`` (linear warm-up, then cosine to lr_min)."""
-    if schedule == "constant":
-        return 1.0
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    floor = lr_min / lr
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 class PropertyModule(L.LightningModule):
     """Trains a :class:`MoleculeModel` on graph-level targets.
 
@@ -70,6 +58,22 @@ class PropertyModule(L.LightningModule):
         self.force_unit = force_unit
         self.max_atoms_train = max_atoms_train
         self.model = build_model(cfg, target_mean, target_scale)
+        self.lr_scale = 1.0  # lowered by plateaus and the divergence guard (callbacks.LrControl); checkpointed
+        self.budget = WallBudget(cfg.time_budget_min) if cfg.time_budget_min else None
+        self.total_steps = 1
+
+    def progress(self) -> float:
+        """Fraction of the run done: of the time budget, or of the planned optimiser steps."""
+        if self.budget is not None:
+            return self.budget.progress()
+        return min(1.0, self.global_step / self.total_steps)
+
+    def energy_weight(self) -> float:
+        """The energy term's weight now: ``energy_weight``, or ``stage2_energy_weight`` from ``stage2_frac`` on."""
+        cfg = self.cfg
+        if cfg.stage2_frac is not None and self.progress() >= cfg.stage2_frac:
+            return cfg.stage2_energy_weight
+        return cfg.energy_weight
 
     def forward(self, batch):
         return self.model(batch.z, batch.pos, batch.batch, batch.edge_index, batch.num_molecules)
@@ -84,9 +88,11 @@ class PropertyModule(L.LightningModule):
             y_std, f_std, record = self._energy_forces(batch, create_graph=True)
         else:
             y_std, record = self(batch)
-        loss, parts = total_loss(self.model, y_std, self.model.to_standard(batch.y), record)
+        cfg = self.cfg
+        loss, parts = total_loss(self.model, y_std, self.model.to_standard(batch.y), record, cfg.energy_loss,
+                                 cfg.huber_delta, self.energy_weight(), batch.n_atoms if cfg.energy_per_atom else None)
         if weight > 0:
-            f_loss = force_loss(f_std, batch.forces, self.model.target_scale)
+            f_loss = force_loss(f_std, batch.forces, self.model.target_scale, cfg.forces_loss, cfg.huber_delta)
             loss = loss + weight * f_loss
             parts["force"] = f_loss.detach()
         if not torch.isfinite(loss):
@@ -132,11 +138,17 @@ class PropertyModule(L.LightningModule):
         cfg = self.cfg
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         opt = opt_cls(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(round(cfg.warmup_epochs / cfg.epochs * total)) if cfg.schedule == "warmup-cosine" else 0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step, total, warmup, cfg.schedule, cfg.lr, cfg.lr_min)
-        )
+        total = self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        if self.budget is not None:  # warm-up and decay on the fraction of the time budget spent
+            def factor(step):
+                return lr_factor_at(self.budget.progress(), cfg.warmup_frac, cfg.schedule, cfg.lr, cfg.lr_min)
+        else:
+            warmup = int(round(cfg.warmup_epochs / cfg.epochs * total)) if cfg.schedule == "warmup-cosine" else 0
+            warmup = warmup or int(round(cfg.warmup_frac * total))
+
+            def factor(step):
+                return lr_factor(step, total, warmup, cfg.schedule, cfg.lr, cfg.lr_min)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step) * self.lr_scale)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
@@ -149,6 +161,8 @@ class PropertyModule(L.LightningModule):
             "force_unit": self.force_unit,
             "max_atoms_train": self.max_atoms_train,
         }
+        checkpoint["pairreg_schedule"] = {"lr_scale": self.lr_scale,
+                                          "budget_spent_s": self.budget.elapsed_s() if self.budget else None}
         # RNG states, so a resumed run draws the same shuffles and noise as an uninterrupted one
         # (numpy's key array as a list: the checkpoint must load with weights_only=True)
         np_state = np.random.get_state()
@@ -159,13 +173,32 @@ class PropertyModule(L.LightningModule):
         }
 
     def on_train_epoch_start(self):
+        if self.budget is not None and self.budget.exhausted():  # spent during the last validation
+            self.trainer.should_stop = True
         # noise drawn in training (coord_noise) becomes a function of (seed, epoch): exact after resume
         seed = (self.cfg.seed * 1_000_003 + self.current_epoch + 1) % 2**31
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
 
+    def on_train_start(self):
+        if self.budget is not None:
+            self.budget.start()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.budget is not None and self.budget.exhausted():
+            self.trainer.should_stop = True  # Lightning still validates this last (partial) epoch
+
+    def on_train_end(self):
+        if self.budget is not None:
+            self.budget.pause()
+
     def on_load_checkpoint(self, checkpoint):
+        schedule = checkpoint.get("pairreg_schedule")
+        if schedule is not None:
+            self.lr_scale = float(schedule["lr_scale"])
+            if self.budget is not None and schedule.get("budget_spent_s") is not None:
+                self.budget.spent_s = float(schedule["budget_spent_s"])
         state = checkpoint.get("pairreg_rng")
         if state is None:
             return

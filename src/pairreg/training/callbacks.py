@@ -1,0 +1,127 @@
+"""Callbacks of the field's recipe: weight averaging (Lightning's own), reduce-on-plateau and a divergence guard.
+
+Both of the latter act on :attr:`PropertyModule.lr_scale`, a multiplier of the scheduled learning rate that
+is saved in checkpoints, so a resumed run keeps its lowered rate.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+
+import lightning as L
+from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
+
+from .schedules import PlateauScale
+
+MAX_ROLLBACKS = 3
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged again after the guard's last rollback."""
+
+
+def weight_averaging(decay: float) -> EMAWeightAveraging:
+    """Exponential moving average of all weights, updated after every optimiser step (NequIP, Allegro and
+    MACE use 0.99). Lightning swaps the average in for validation and writes it as the checkpoint's
+    ``state_dict`` (the raw weights go to ``current_model_state`` for resuming), so evaluate, predict and
+    the best-checkpoint test all use the averaged weights.
+
+    Parameters only (``use_buffers=False``): our buffers are constants (target mean/scale, the element
+    lookup table), and averaging the integer lookup table truncates it (an EMA step of 3 gives 2), which
+    made oxygen look like nitrogen in every validation.
+    """
+    return EMAWeightAveraging(decay=decay, use_buffers=False)
+
+
+def detach_weight_averaging(trainer: L.Trainer) -> None:
+    """After ``fit``: stop the averaging callback from swapping weights in later validate/test calls
+    (the best checkpoint's averaged weights are loaded explicitly instead)."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, WeightAveraging):
+            cb._average_model = None
+
+
+class LrControl(L.Callback):
+    """After each validation of ``fit``: reduce-on-plateau, and the divergence guard.
+
+    The guard keeps a copy of the raw weights of the best validation so far. A validation whose score
+    ``monitor`` is over ``explode_ratio`` × the best, non-finite, or whose force MAE is back at the zero-force
+    floor (≥ 0.9 × ``force_floor``) after having been under half of it, rolls the weights back to that copy,
+    clears the optimiser's moments, halves ``lr_scale`` and says so on stderr. After :data:`MAX_ROLLBACKS`
+    rollbacks it stops the run with :class:`DivergenceError`. Runs before the checkpoint callback, so the
+    epoch's checkpoint holds the rolled-back state.
+    """
+
+    def __init__(self, monitor: str = "val/mae_std", plateau: PlateauScale | None = None, guard: bool = True,
+                 forces_metric: str | None = None, force_floor: float | None = None, explode_ratio: float = 10.0):
+        self.monitor, self.plateau, self.guard = monitor, plateau, guard
+        self.forces_metric, self.force_floor, self.explode_ratio = forces_metric, force_floor, explode_ratio
+        self.best = math.inf
+        self.best_epoch = -1
+        self.best_forces = math.inf
+        self.good_state = None
+        self.rollbacks = 0
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_forces": self.best_forces,
+                "rollbacks": self.rollbacks, "plateau": self.plateau.state_dict() if self.plateau else None}
+
+    def load_state_dict(self, state):
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+        self.best_forces, self.rollbacks = float(state["best_forces"]), int(state["rollbacks"])
+        if self.plateau is not None and state.get("plateau"):
+            self.plateau.load_state_dict(state["plateau"])
+
+    def _diverged(self, value: float, forces: float | None) -> str | None:
+        if not math.isfinite(value):
+            return f"{self.monitor} is {value}"
+        if math.isfinite(self.best) and value > self.explode_ratio * self.best:
+            return f"{self.monitor} {value:.4g} is over {self.explode_ratio:g}× the best {self.best:.4g}"
+        if (forces is not None and self.force_floor and forces >= 0.9 * self.force_floor
+                and self.best_forces < 0.5 * self.force_floor):
+            return (f"the force MAE {forces:.4g} is back at the zero-force floor {self.force_floor:.4g} "
+                    f"(best {self.best_forces:.4g})")
+        return None
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        forces = (float(trainer.callback_metrics[self.forces_metric])
+                  if self.forces_metric and self.forces_metric in trainer.callback_metrics else None)
+        reason = self._diverged(value, forces) if self.guard else None
+        if reason is not None and self.good_state is not None:
+            self._roll_back(trainer, pl_module, reason)
+            return
+        if value < self.best:
+            self.best, self.best_epoch = value, trainer.current_epoch
+            if forces is not None:
+                self.best_forces = min(self.best_forces, forces)
+            if self.guard:
+                self.good_state = copy.deepcopy(pl_module.state_dict())
+        if self.plateau is not None and self.plateau.update(value):
+            pl_module.lr_scale *= self.plateau.factor
+            if trainer.is_global_zero:
+                print(f"[pairreg] plateau: no new best {self.monitor} for {self.plateau.patience} validations; "
+                      f"lr × {self.plateau.factor:g} (now {pl_module.lr_scale:.3g} × the schedule)",
+                      file=sys.stderr, flush=True)
+
+    def _roll_back(self, trainer, pl_module, reason: str) -> None:
+        self.rollbacks += 1
+        epoch = trainer.current_epoch + 1
+        if self.rollbacks > MAX_ROLLBACKS:
+            raise DivergenceError(f"epoch {epoch}: training diverged again ({reason}) after {MAX_ROLLBACKS} "
+                                  "rollbacks; lower lr or set grad_clip and start again")
+        pl_module.load_state_dict(self.good_state)
+        for cb in trainer.callbacks:  # the weight average restarts from the restored weights
+            if isinstance(cb, WeightAveraging) and cb._average_model is not None:
+                cb._average_model.module.load_state_dict(self.good_state)
+        for opt in trainer.optimizers:
+            opt.state.clear()
+        pl_module.lr_scale *= 0.5
+        if trainer.is_global_zero:
+            print(f"[pairreg] divergence guard: epoch {epoch}: {reason}; rolled back to the weights of epoch "
+                  f"{self.best_epoch + 1} with lr × 0.5 (now {pl_module.lr_scale:.3g} × the schedule; rollback "
+                  f"{self.rollbacks} of {MAX_ROLLBACKS})", file=sys.stderr, flush=True)

@@ -1,0 +1,217 @@
+"""The field's training recipe: wall-clock budget, schedules, loss kinds, force-RMS scale, EMA, divergence guard.
+
+Runs use the rMD17 fixture (tests/fixtures/rmd17) and tiny models. The budget is tested with a fake clock
+(``pairreg.training.schedules.clock``) that advances a fixed amount per reading, so no test depends on how
+fast this machine is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pairreg.config import ConfigError, load_config
+from pairreg.training import schedules
+from pairreg.training.checkpoint import load_checkpoint
+from pairreg.training.losses import elementwise_loss
+from pairreg.training.run import FORCE_GRAD_CLIP, effective_grad_clip, train
+
+FIXTURE = Path(__file__).parent / "fixtures" / "rmd17"
+TINY = ["dataset=rmd17", "molecule=ethanol", f"data_root={FIXTURE}", "targets=energy", "hidden=16", "n_layers=2",
+        "progress=false", "threads=1", "seed=7", "eval_test=false"]
+
+
+def _cfg(tmp_path, name, *extra):
+    return load_config(None, [*TINY, f"out={tmp_path}", f"name={name}", *extra])
+
+
+class FakeClock:
+    """Advances ``step`` seconds at every reading."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_progress_schedule_warms_up_then_decays_to_lr_min():
+    f = [schedules.lr_factor_at(p, 0.1, "cosine", 1e-3, 1e-5) for p in np.linspace(0, 1, 101)]
+    assert f[0] > 0 and f[5] == pytest.approx(0.5) and f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # monotone decay after the warm-up
+    assert f[-1] == pytest.approx(1e-5 / 1e-3)
+    assert schedules.lr_factor_at(0.7, 0.0, "plateau", 1e-3, 0.0) == 1.0
+
+
+def test_plateau_lowers_after_patience_validations_without_a_new_best():
+    p = schedules.PlateauScale(0.5, patience=2)
+    assert [p.update(v) for v in (1.0, 0.9, 0.95, 0.93, 0.8, 0.85, 0.81)] == [False, False, False, True, False,
+                                                                                False, True]
+
+
+def test_wall_budget_counts_only_between_start_and_pause(monkeypatch):
+    now = {"t": 100.0}
+    monkeypatch.setattr(schedules, "clock", lambda: now["t"])
+    b = schedules.WallBudget(budget_min=0.1)  # 6 s
+    b.start()
+    now["t"] = 102.0
+    assert b.elapsed_s() == 2.0 and not b.exhausted()
+    b.pause()
+    now["t"] = 500.0  # time while paused (e.g. between sittings) does not count
+    assert b.spent_s == 2.0 and b.progress() == pytest.approx(2 / 6)
+    b.start()
+    now["t"] = 503.9
+    assert not b.exhausted()
+    now["t"] = 504.0
+    assert b.exhausted() and b.progress() == 1.0
+
+
+def test_loss_kinds_on_known_values():
+    pred, true = torch.tensor([1.0, -2.0]), torch.zeros(2)
+    assert float(elementwise_loss(pred, true, "l1")) == pytest.approx(1.5)
+    assert float(elementwise_loss(pred, true, "mse")) == pytest.approx(2.5)
+    # huber, delta 1: 0.5·1² for |e| = 1, 1·(2 − 0.5) for |e| = 2
+    assert float(elementwise_loss(pred, true, "huber", delta=1.0)) == pytest.approx((0.5 + 1.5) / 2)
+    with pytest.raises(ValueError, match="unknown loss kind"):
+        elementwise_loss(pred, true, "l3")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (["time_budget_min=0"], "time_budget_min must be > 0"),
+    (["time_budget_min=5", "warmup_epochs=1"], "set warmup_frac instead"),
+    (["ema_decay=1.0"], "ema_decay must be in"),
+    (["forces_loss=l3"], "forces_loss='l3' is not valid"),
+    (["warmup_frac=1.5"], "warmup_frac must be in"),
+    (["grad_clip=-1"], "grad_clip must be >= 0"),
+])
+def test_recipe_keys_are_validated(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [*TINY, *bad])
+
+
+def test_qm9_refuses_force_only_keys():
+    with pytest.raises(ConfigError, match="energy_scale=force-rms needs forces"):
+        load_config(None, ["energy_scale=force-rms"])
+
+
+def test_gradient_clipping_is_on_by_default_for_force_training_only():
+    assert effective_grad_clip(load_config(None, [*TINY, "force_weight=10"])) == FORCE_GRAD_CLIP
+    assert effective_grad_clip(load_config(None, [*TINY])) is None
+    assert effective_grad_clip(load_config(None, [*TINY, "force_weight=10", "grad_clip=0"])) is None
+    assert effective_grad_clip(load_config(None, [*TINY, "grad_clip=3"])) == 3.0
+
+
+def test_budget_limited_run_stops_when_spent_and_decays_the_rate_to_lr_min(tmp_path, monkeypatch):
+    # every clock reading advances 0.5 s: the 0.25-minute (15 s) budget ends within the first epochs, far
+    # before the 50-epoch cap, whatever the speed of this machine
+    monkeypatch.setattr(schedules, "clock", FakeClock(0.5))
+    cfg = _cfg(tmp_path, "budget", "epochs=50", "batch_size=8", "time_budget_min=0.25", "lr=1e-3", "lr_min=1e-5",
+               "warmup_frac=0.1")
+    summary = train(cfg)
+    ckpt = load_checkpoint(tmp_path / "budget", "last")
+    assert ckpt["epoch"] + 1 < 50
+    assert ckpt["pairreg_schedule"]["budget_spent_s"] >= 15.0
+    # the rate after the last step is the cosine floor (progress 1)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5, rel=1e-6)
+    assert summary["epochs_run"] == ckpt["epoch"] + 1
+    assert summary["stopped_by"] == "time_budget_min"
+
+
+def test_force_rms_energy_scale_gives_unit_rms_forces(tmp_path):
+    cfg = _cfg(tmp_path, "rms", "epochs=1", "batch_size=8", "force_weight=1", "energy_scale=force-rms")
+    train(cfg)
+    from pairreg.training.checkpoint import load_model
+    from pairreg.training.datamodule import build_splits
+
+    model, _ = load_model(tmp_path / "rms")
+    ds, split = build_splits(cfg)
+    forces = ds.subset(split["train"]).forces
+    assert float(model.target_scale[0]) == pytest.approx(float(np.sqrt((forces ** 2).mean())), rel=1e-9)
+
+
+def test_ema_checkpoints_hold_the_averaged_weights_and_the_summary_uses_them(tmp_path):
+    cfg = _cfg(tmp_path, "ema", "epochs=2", "batch_size=8", "force_weight=1", "ema_decay=0.9")
+    summary = train(cfg)
+    best = load_checkpoint(tmp_path / "ema", "best")
+    averaged, raw = best["state_dict"], best["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if averaged[k].is_floating_point())
+    from pairreg.cli.main import main
+
+    out = tmp_path / "eval.json"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["evaluate", str(tmp_path / "ema"), "--split", "val", "--json"]) == 0
+    mae = json.loads(buf.getvalue())["mae"]["energy"]["value"]
+    assert mae == pytest.approx(summary["val"]["val/energy_mae_meV"], rel=1e-5)
+    del out
+
+
+def test_stage_two_raises_the_energy_weight_from_its_fraction_on(tmp_path):
+    from pairreg.training.module import PropertyModule
+
+    cfg = _cfg(tmp_path, "s2", "force_weight=100", "stage2_frac=0.5", "stage2_energy_weight=1000", "energy_weight=1")
+    module = PropertyModule(cfg, ["energy"], ["meV"], force_unit="meV/Angstrom")
+    module.total_steps = 10
+    weights = []
+    for step in (0, 4, 5, 9):
+        module.progress = lambda s=step: s / 10  # the schedule's fraction of the run
+        weights.append(module.energy_weight())
+    assert weights == [1.0, 1.0, 1000.0, 1000.0]
+
+
+def test_divergence_guard_rolls_back_an_explosion_and_halves_the_rate(tmp_path, monkeypatch, capsys):
+    # blow up the output layer at the end of epoch 2 (Lightning runs this hook after the epoch's validation):
+    # epoch 3's validation score jumps far above its best
+    from pairreg.training.module import PropertyModule
+
+    def explode(self):
+        if self.current_epoch == 1:
+            with torch.no_grad():
+                self.model.graph_head[-1].weight.mul_(1e4)
+
+    monkeypatch.setattr(PropertyModule, "on_train_epoch_end", explode, raising=False)
+    cfg = _cfg(tmp_path, "guard", "epochs=4", "batch_size=8", "force_weight=1")
+    summary = train(cfg)
+    err = capsys.readouterr().err
+    assert "divergence guard: epoch 3: val/mae_std" in err and "rolled back to the weights of epoch 2" in err
+    last = load_checkpoint(tmp_path / "guard", "last")
+    assert last["pairreg_schedule"]["lr_scale"] == pytest.approx(0.5) and summary["lr_scale"] == 0.5
+    assert float(last["state_dict"]["model.graph_head.2.weight"].abs().max()) < 100  # not the exploded weights
+    assert summary["best_epoch"] != 3
+
+
+def test_divergence_guard_stops_after_its_last_rollback(tmp_path, monkeypatch):
+    from pairreg.training.callbacks import MAX_ROLLBACKS, DivergenceError
+    from pairreg.training.module import PropertyModule
+
+    def explode(self):
+        if self.current_epoch >= 1:
+            with torch.no_grad():
+                self.model.graph_head[-1].weight.mul_(1e4)
+
+    monkeypatch.setattr(PropertyModule, "on_train_epoch_end", explode, raising=False)
+    cfg = _cfg(tmp_path, "again", f"epochs={MAX_ROLLBACKS + 3}", "batch_size=8", "force_weight=1")
+    with pytest.raises(DivergenceError, match=f"after {MAX_ROLLBACKS} rollbacks"):
+        train(cfg)
+
+
+def test_guard_sees_a_collapse_to_the_zero_force_floor_only_after_learning():
+    from pairreg.training.callbacks import LrControl
+
+    guard = LrControl(forces_metric="val/forces", force_floor=900.0)
+    assert guard._diverged(1.0, 880.0) is None  # never below half the floor yet: still learning, not a collapse
+    guard.best, guard.best_forces = 0.5, 120.0
+    assert "zero-force floor" in guard._diverged(0.9, 870.0)
+    assert guard._diverged(0.9, 400.0) is None
+    assert "over 10× the best" in guard._diverged(6.0, 400.0)
+    assert "nan" in guard._diverged(float("nan"), None)
