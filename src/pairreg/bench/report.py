@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..training.module import FORCE_NAME, metric_name, parse_metric_name
 from .runner import finite, saved_overrides, seed_stats
 from .studies import Study, layers
@@ -257,7 +258,7 @@ def write_report(study: Study, results: list[dict], out: Path) -> list[Path]:
     """Write ``table.md`` and the study's PNGs into ``out``; returns the paths."""
     out = Path(out)
     table = out / "table.md"  # the head names the --set overrides the cells ran with (e.g. n_layers=12)
-    table.write_text(study_tables(study, results, saved_overrides(out)) + "\n")
+    write_atomic(table, study_tables(study, results, saved_overrides(out)) + "\n")
     paths = [table]
     if not results:
         return paths

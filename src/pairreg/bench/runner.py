@@ -14,6 +14,7 @@ A cell interrupted mid-training resumes from its ``runs/<cell>/checkpoints/last.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,9 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
     elif (run_dir / "metrics.json").is_file():  # trained, but the cell JSON was not written yet
         summary = json.loads((run_dir / "metrics.json").read_text())
     else:
+        if run_dir.exists():  # stopped before its first checkpoint: nothing to keep, and train() refuses an existing folder
+            print(f"[bench] {cell.key}: restarting (it stopped before its first checkpoint)", file=sys.stderr, flush=True)
+            shutil.rmtree(run_dir)
         summary = train(cfg, dataset=dataset)
     diagnostics = _probe_diagnostics(run_dir, cfg, dataset)
     result = {

@@ -19,6 +19,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from ..atomic import make_dirs, write_atomic
     from ..evaluation.diagnostics import diagnose_model, energy_ratio
     from ..evaluation.plots import plot_layer_diagnostics
     from ..training.checkpoint import load_model
@@ -41,8 +42,8 @@ def run(args) -> int:
         print(f"{runs[-1]['label']}: E_last/E_first = {runs[-1]['energy_ratio_last_first']:.3g}, "
               f"MAD last layer = {diag['mad_h'][-1]:.3g}  ({info['path']})")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "diagnostics.json").write_text(json.dumps(runs, indent=2))
+    make_dirs(out)
+    write_atomic(out / "diagnostics.json", json.dumps(runs, indent=2))
     png = plot_layer_diagnostics(runs, out / "diagnostics.png")
     print(f"wrote {out / 'diagnostics.json'} and {png}")
     return 0

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from ..atomic import WriteError
     from ..config import ConfigError
     from ..data.qm9 import QM9Error
     from ..data.readers import InputError
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args) or 0
-    except (ConfigError, InputError, QM9Error, FileNotFoundError, ValueError) as err:
+    except (ConfigError, InputError, QM9Error, FileNotFoundError, ValueError, WriteError) as err:
         # Expected user-facing failures: one line, no traceback.
         print(f"pairreg {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -18,8 +19,10 @@ import numpy as np
 import yaml
 
 from .. import __version__
+from ..atomic import make_dirs, write_atomic, write_error  # noqa: F401 (write_atomic: bench uses it from here)
 from ..config import Config, ConfigError, config_from_dict, dump_yaml
-from .checkpoint import CHECKPOINT_DIR, AtomicCheckpoint, load_checkpoint
+from .checkpoint import (CHECKPOINT_DIR, RESUME_KEYS, AtomicCheckpoint, CheckpointError, SafeCheckpointIO,
+                         check_model_state, load_checkpoint, model_state)
 from .datamodule import MoleculeDataModule, target_statistics
 from .module import FORCE_NAME, PropertyModule, metric_name
 
@@ -34,11 +37,8 @@ def launcher_rank_zero() -> bool:
     return node == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and move it into place (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used as asked (exists already, or a resume finds it damaged)."""
 
 
 def environment(cfg: Config | None = None) -> dict:
@@ -60,11 +60,17 @@ def _check_same_split(path: Path, dm: MoleculeDataModule) -> None:
     """A resumed run must see the split it started with (e.g. the data folder did not change)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; cannot check that the resumed run uses the same split")
-    with np.load(path) as saved:
-        for name, idx in dm.split.items():
-            if name not in saved or not np.array_equal(saved[name], dm.dataset.mol_ids[idx]):
-                raise ValueError(f"{path}: the {name} split of the data found now differs from the one this run "
-                                 "started with; resume with the same data")
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            found = {name: saved[name] for name in dm.split if name in saved.files}
+    except Exception:  # empty, truncated, not an .npz, object arrays: numpy's messages would advise allow_pickle
+        raise RunDirectoryError(f"{path}: not a readable split file (empty, truncated or not written by pairreg); "
+                                "the run cannot be resumed without it: start it again under another name") from None
+    for name, idx in dm.split.items():
+        if name not in found or not np.array_equal(found[name], dm.dataset.mol_ids[idx]):
+            raise RunDirectoryError(f"{path}: the {name} split of the data found now differs from the one this run "
+                                    "started with; resume with the same data")
+
 
 
 class EpochSummary(L.Callback):
@@ -92,13 +98,65 @@ class EpochSummary(L.Callback):
               file=sys.stderr, flush=True)
 
 
+def check_run_name(name: str | None) -> None:
+    """``name`` is one folder name: the run directory must stay inside ``out``."""
+    if not name:
+        return
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    if name in (".", "..") or any(sep in name for sep in seps) or "\0" in name:
+        raise ConfigError(f"name: {name!r} is not a plain folder name; the run directory is out/name, so name "
+                          "may not contain '/' or '\\' or be '.' or '..' (use --out to choose the parent folder)")
+
+
+def _existing_run_error(path: Path) -> RunDirectoryError:
+    if (path / CHECKPOINT_DIR / "last.ckpt").is_file():
+        advice = f"continue it with `pairreg train --resume {path}`, or choose another name (--set name=...)"
+    else:  # a run stopped before its first checkpoint: nothing to resume
+        advice = "it holds no checkpoint to resume from; delete it to start again, or choose another name (--set name=...)"
+    return RunDirectoryError(f"{path}: a run directory of that name exists already; {advice}")
+
+
 def run_directory(cfg: Config) -> Path:
+    """Create a new run directory ``out/name`` (never an existing one: a run's files are never mixed).
+
+    Without a name: ``<preset>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``, ... when that exists, so two
+    runs started in the same second get different folders (``mkdir`` is exclusive).
+    """
     if os.environ.get(RUN_DIR_ENV):  # a DDP worker: use the directory its launcher created
         return Path(os.environ[RUN_DIR_ENV])
-    name = cfg.name or f"{cfg.preset or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    path = Path(cfg.out) / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    check_run_name(cfg.name)
+    out = Path(cfg.out)
+    make_dirs(out)
+    stem = cfg.name or f"{cfg.preset or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for n in itertools.count(1):
+        path = out / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if cfg.name:
+                raise _existing_run_error(path) from None
+        except OSError as err:
+            raise write_error(path, err) from None
+    raise AssertionError("unreachable")
+
+
+def check_resumable(run_dir: Path, cfg: Config) -> None:
+    """``last.ckpt`` loads (weights-only), holds the training state and fits the config: checked
+    before a resume changes anything in the run directory."""
+    file = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    if (run_dir / CHECKPOINT_DIR / "best.ckpt").is_file():
+        advice = f"copy {CHECKPOINT_DIR}/best.ckpt over it to resume from the best epoch, or start the run again"
+    else:
+        advice = "start the run again under another name"
+    try:
+        ckpt = load_checkpoint(run_dir, "last")
+        missing = [k for k in RESUME_KEYS if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{file}: no training state to continue from (missing {missing})")
+        check_model_state(cfg, model_state(ckpt), file)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; cannot resume: {advice}") from None
 
 
 def resume_config(run_dir: str | Path, overrides: dict | None = None) -> Config:
@@ -109,8 +167,18 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> Config:
         raise FileNotFoundError(f"{run_dir}: no config.yaml; not a pairreg run directory")
     if not (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
         raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT_DIR}/last.ckpt yet (the run stopped before its first "
-                                "epoch ended); start it again instead")
-    data = yaml.safe_load(path.read_text())
+                                "epoch ended); nothing to resume: delete it and start again, or use another name")
+    damaged = "the run's saved config is damaged; restore it, or start the run again under another name"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML; {damaged}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({type(err).__name__}); {damaged}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {'empty' if data is None else 'not a mapping of config keys'}; {damaged}")
     for key, value in (overrides or {}).items():
         if key not in RESUME_OVERRIDABLE:
             raise ConfigError(f"--resume: {key} cannot change when resuming (it changes what is computed); "
@@ -131,11 +199,22 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = run_directory(cfg)
     owner = launcher_rank_zero()
+    # everything that can be refused is checked before the first write into the run directory
+    if resume:
+        run_dir = Path(os.environ.get(RUN_DIR_ENV) or Path(cfg.out) / cfg.name)
+        check_resumable(run_dir, cfg)
+    else:
+        check_run_name(cfg.name)
+    dm = MoleculeDataModule(cfg, dataset, split)
+    if resume:
+        _check_same_split(run_dir / "split.npz", dm)
+    else:
+        run_dir = run_directory(cfg)
     if owner and not resume:
         write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         write_atomic(run_dir / "environment.json", json.dumps(environment(cfg), indent=2))
+        dm.save_split(run_dir / "split.npz")
 
     if resume and owner:  # Lightning's CSV logger starts metrics.csv afresh: keep the earlier part
         log = run_dir / "logs" / "metrics.csv"
@@ -145,11 +224,6 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
                 part += 1
             os.replace(log, run_dir / "logs" / f"metrics.part{part}.csv")
 
-    dm = MoleculeDataModule(cfg, dataset, split)
-    if resume:
-        _check_same_split(run_dir / "split.npz", dm)
-    elif owner:
-        dm.save_split(run_dir / "split.npz")
     mean, scale = target_statistics(dm.dataset, dm.split["train"])
     names, units = dm.dataset.target_names, dm.dataset.target_units
     force_unit = dm.dataset.force_unit if dm.dataset.forces is not None else None
@@ -163,6 +237,7 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
         num_nodes=cfg.num_nodes, gradient_clip_val=cfg.grad_clip, enable_checkpointing=False, num_sanity_val_steps=0,
+        plugins=[SafeCheckpointIO()],  # resume loads weights-only whatever the environment says; atomic writes
         logger=L.pytorch.loggers.CSVLogger(str(run_dir), name="", version="logs"),
         callbacks=callbacks, enable_progress_bar=cfg.progress, enable_model_summary=False,
         log_every_n_steps=10,
