@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pairreg.bench import runner
-from pairreg.bench.report import compare_table, dirichlet_ratio, fmt, welch_p, write_report
-from pairreg.bench.studies import ABLATION_VARIANTS, DEPTHS, Cell, Study, build_study
+from pairreg.bench.report import compare_table, dirichlet_ratio, fmt, target_table, welch_p, write_report
+from pairreg.bench.studies import ABLATION_VARIANTS, DEPTHS, STUDIES, Cell, Study, build_study, row_label
 from pairreg.cli.main import main
 from pairreg.config import ConfigError
 
@@ -24,10 +24,12 @@ def test_depth_grid_matches_the_issue():
     per = Counter((c.group, c.x) for c in study.cells)
     for mitigation in ("none", "pairreg"):
         assert [per[(mitigation, d)] for d in DEPTHS] == [3] * len(DEPTHS)
+    # EGNN's own residual form at every depth, beside the plain stack
+    assert [per[("residual", d)] for d in DEPTHS] == [2] * len(DEPTHS)
     for mitigation in ("pairnorm", "g2"):
         assert {d for (g, d) in per if g == mitigation} == {3, 9}
         assert per[(mitigation, 3)] == per[(mitigation, 9)] == 2
-    assert len(study.cells) == 6 * 3 * 2 + 2 * 2 * 2
+    assert len(study.cells) == 6 * 3 * 2 + 6 * 2 + 2 * 2 * 2
     seeds = [c.seed for c in study.cells]
     assert seeds == sorted(seeds), "seed 0 of every configuration runs first"
     assert len({c.key for c in study.cells}) == len(study.cells)
@@ -37,9 +39,10 @@ def test_seeds_option_and_other_studies():
     assert {c.seed for c in build_study("depth", "cpu", seeds=1).cells} == {0}
     ablation = build_study("ablation", "cpu")
     assert len(ablation.cells) == 2 * len(ABLATION_VARIANTS)
-    assert {"EGNN (none)", "node only", "coord only", "full (default)"} <= {c.group for c in ablation.cells}
+    assert {"plain EGCL stack (none)", "EGNN (residual)", "node only (ours: coords fixed)",
+            "node only (authors: replace, λ=0)", "coord only", "full (default)"} <= {c.group for c in ablation.cells}
     cpu = build_study("qm9-table", "cpu")
-    assert Counter(c.group for c in cpu.cells) == {"none": 2, "pairnorm": 2, "g2": 2, "pairreg": 2}
+    assert Counter(c.group for c in cpu.cells) == {"none": 2, "residual": 2, "pairnorm": 2, "g2": 2, "pairreg": 2}
     paper = build_study("qm9-table", "paper")
     assert len({c.x for c in paper.cells}) == 12
     with pytest.raises(ValueError, match="--seeds"):
@@ -103,7 +106,7 @@ def test_run_study_writes_cells_table_plots_and_resumes(tmp_path, monkeypatch):
     e = saved["diagnostics"]["dirichlet_h"]
     lines = table.splitlines()
     ratio_row = lines[next(i for i, line in enumerate(lines) if line.startswith("| E_L/E_1")) + 2]
-    assert ratio_row == f"| none | – | {fmt(e[2] / e[1], 0.0, 1)} |"  # one layer has no ratio
+    assert ratio_row == f"| plain EGCL stack (none) | – | {fmt(e[2] / e[1], 0.0, 1)} |"  # one layer has no ratio
     for png in ("mae_vs_depth.png", "dirichlet_per_layer.png"):
         assert (out / png) in paths and (out / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -151,8 +154,8 @@ def test_identical_cells_of_another_study_are_reused_not_retrained(tmp_path, mon
     # another study whose first cell computes the same thing (same layers, seed, settings) and whose
     # second does not (other seed): only the first is copied
     other = Study("ablation", "cpu", "rmd17-cpu", ["molecule=ethanol", "n_layers=2"])
-    other.cells = [Cell("EGNN-s0", "EGNN (none)", None, 0, ("mitigation=none", "seed=0"), 2.0),
-                   Cell("EGNN-s1", "EGNN (none)", None, 1, ("mitigation=none", "seed=1"), 2.0)]
+    other.cells = [Cell("plain-s0", "plain EGCL stack (none)", None, 0, ("mitigation=none", "seed=0"), 2.0),
+                   Cell("plain-s1", "plain EGCL stack (none)", None, 1, ("mitigation=none", "seed=1"), 2.0)]
     trained = []
     real_train = runner.train
     monkeypatch.setattr(runner, "train", lambda cfg, dataset=None, resume=False: trained.append(cfg.seed) or real_train(
@@ -160,15 +163,15 @@ def test_identical_cells_of_another_study_are_reused_not_retrained(tmp_path, mon
     logs = []
     results = runner.run_study(other, tmp_path / "ablation", TINY, log=logs.append, reuse=[first])
     assert trained == [1]
-    copied = next(r for r in results if r["cell"] == "EGNN-s0")
+    copied = next(r for r in results if r["cell"] == "plain-s0")
     source = json.loads((first / "cells" / "none-L2-s0.json").read_text())
-    assert copied["reused_from"].endswith("none-L2-s0.json") and copied["group"] == "EGNN (none)"
-    assert copied["test"] == source["test"] and copied["config"]["name"] == "EGNN-s0"
+    assert copied["reused_from"].endswith("none-L2-s0.json") and copied["group"] == "plain EGCL stack (none)"
+    assert copied["test"] == source["test"] and copied["config"]["name"] == "plain-s0"
     assert any("reused" in m for m in logs)
     write_report(other, results, tmp_path / "ablation")
     table = (tmp_path / "ablation" / "table.md").read_text()
-    row = next(line for line in table.splitlines() if line.startswith("| EGNN (none)"))
-    # EGNN (none) keeps the input coordinates: their energy ratio is exactly 1
+    row = next(line for line in table.splitlines() if line.startswith("| plain EGCL stack (none)"))
+    # the plain stack keeps the input coordinates: their energy ratio is exactly 1
     assert "E_x,L/E_x,0 of coordinates" in table and row.split(" | ")[-2] == "1.000 ± 0.000"
     with pytest.raises(ConfigError, match="no finished cells"):
         runner.run_study(other, tmp_path / "ablation", TINY, log=lambda m: None, reuse=[tmp_path / "nowhere"])
@@ -183,7 +186,7 @@ def test_bad_override_fails_before_writing(tmp_path):
 def test_cli_list_and_report(tmp_path, capsys):
     assert main(["bench", "ablation", "--list", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "study ablation, preset cpu: 20 cells" in text and text.count("to do") == 20
+    assert "study ablation, preset cpu: 24 cells" in text and text.count("to do") == 24
     assert main(["bench", "depth", "--report", "--out", str(tmp_path)]) == 0
     assert "test energy MAE (meV)" in (tmp_path / "table.md").read_text()
     with pytest.raises(SystemExit):
@@ -191,15 +194,53 @@ def test_cli_list_and_report(tmp_path, capsys):
 
 
 def test_only_keeps_the_named_rows(tmp_path, capsys):
-    args = ["bench", "ablation", "--seeds", "3", "--only", "EGNN-none", "coord only", "Full-Default", "--list",
+    args = ["bench", "ablation", "--seeds", "3", "--only", "plain-EGCL-stack-none", "coord only", "Full-Default", "--list",
             "--out", str(tmp_path), "--set", "n_layers=12"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "9 cells" in text and "--set n_layers=12" in text
     listed = [line.split()[3] for line in text.splitlines()[1:]]
-    assert sorted(listed) == sorted(f"{k}-s{s}" for k in ("EGNN-none", "coord-only", "full-default") for s in range(3))
-    with pytest.raises(ValueError, match="no such row in study ablation; rows: EGNN-none, node-only"):
+    assert sorted(listed) == sorted(f"{k}-s{s}" for k in ("plain-EGCL-stack-none", "coord-only", "full-default")
+                                    for s in range(3))
+    with pytest.raises(ValueError, match="no such row in study ablation; rows: plain-EGCL-stack-none, EGNN-residual, "
+                                         "node-only-ours-coords-fixed, node-only-authors-replace-lambda-0, coord-only"):
         build_study("ablation", "cpu").only(["coord-onyl"])
+    # a mitigation row is also found by its table label
+    assert build_study("depth", "cpu").resolve(["plain-EGCL-stack-none", "EGNN (residual)"]) == ["none", "residual"]
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_only_egnn_residual_form_is_labelled_egnn(name, preset, tmp_path):
+    """EGNN's published QM9 layers are residual: a row labelled EGNN runs mitigation=residual, the
+    plain stack is labelled as such, and every study has both rows."""
+    study = build_study(name, preset)
+    mitigations = {}
+    for cell in study.cells:
+        mitigations.setdefault(row_label(cell.group), set()).add(runner.cell_config(study, cell, tmp_path, []).mitigation)
+    for label, used in mitigations.items():
+        assert ("EGNN" in label) == (used == {"residual"}), (label, used)
+        assert ("plain EGCL stack" in label) == (used == {"none"}), (label, used)
+    assert {"plain EGCL stack (none)", "EGNN (residual)"} <= set(mitigations)
+
+
+def test_ablation_has_both_readings_of_node_only(tmp_path):
+    """Ours fixes the coordinates; the authors' script passes updated ones on, unaveraged, unregularised."""
+    from pairreg.training.module import build_model
+
+    study = build_study("ablation", "cpu")
+    configs = {c.group: runner.cell_config(study, c, tmp_path, []) for c in study.cells if c.seed == 0}
+    ours = build_model(configs["node only (ours: coords fixed)"], [0.0], [1.0]).mitigation
+    theirs = build_model(configs["node only (authors: replace, λ=0)"], [0.0], [1.0]).mitigation
+    assert (ours.update_coords, ours.reg_weight, ours.residual) == (False, 0.0, "concat-project")
+    assert (theirs.update_coords, theirs.coord_mix, theirs.reg_weight, theirs.residual, theirs.ablation) == (
+        True, "replace", 0.0, "concat-project", "full")
+
+
+def test_tables_label_the_plain_stack_and_egnn():
+    results = [fake_result(g, s, 300.0 + s, 0.8) for g in ("pairreg", "residual", "none") for s in (0, 1)]
+    head = target_table(results).splitlines()[0]
+    assert head == "| test MAE | plain EGCL stack (none) | EGNN (residual) | pairreg |"
 
 
 def test_welch_p_matches_the_textbook_case_and_needs_two_seeds():
@@ -252,13 +293,14 @@ def test_compare_table_gives_means_difference_and_p_per_target(tmp_path, capsys)
 
 @pytest.mark.slow
 def test_cli_runs_a_whole_small_study(tmp_path, capsys):
-    """`pairreg bench depth --seeds 1` end to end on the ethanol fixture (16 tiny cells)."""
+    """`pairreg bench depth --seeds 1` end to end on the ethanol fixture (16 tiny cells; the residual row left out)."""
     out = tmp_path / "depth"
-    args = ["bench", "depth", "--seeds", "1", "--molecule", "ethanol", "--out", str(out), "--set", *TINY, "hidden=4"]
+    args = ["bench", "depth", "--seeds", "1", "--molecule", "ethanol", "--out", str(out), "--set", *TINY, "hidden=4",
+            "--only", "none", "pairreg", "pairnorm", "g2"]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "cell 16/16" in captured.err and "ETA" in captured.err
-    assert "| pairreg |" in captured.out and "| g2 |" in captured.out
+    assert "| plain EGCL stack (none) |" in captured.out and "| pairreg |" in captured.out and "| g2 |" in captured.out
     assert len(list((out / "cells").glob("*.json"))) == 16
 
 

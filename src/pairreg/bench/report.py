@@ -10,9 +10,9 @@ import numpy as np
 from ..atomic import write_atomic
 from ..training.module import FORCE_NAME, metric_name, parse_metric_name
 from .runner import finite, saved_overrides, seed_stats
-from .studies import Study, layers
+from .studies import Study, layers, row_label
 
-MITIGATION_ORDER = ("none", "pairreg", "pairnorm", "g2")
+MITIGATION_ORDER = ("none", "residual", "pairreg", "pairnorm", "g2")
 
 
 def fmt(mean: float, std: float, n: int) -> str:
@@ -72,7 +72,7 @@ def depth_table(results: list[dict], title: str, value, depths=None, groups=None
         for d in depths:
             vals = [value(r) for r in results if r["group"] == group and r["x"] == d]
             cells.append(fmt(*seed_stats(vals)))
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_label(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -93,7 +93,7 @@ def variant_table(results: list[dict], order: list[str] | None = None, split: st
         cells.append(fmt(*seed_stats([dirichlet_ratio(r) for r in rows])))
         cells.append(fmt(*seed_stats([coordinate_ratio(r) for r in rows])))
         cells.append(str(len(rows)))
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_label(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -101,7 +101,7 @@ def target_table(results: list[dict], split: str = "test") -> str:
     """QM9: rows = targets (with units), columns = mitigations."""
     units = _units(results)
     groups = _groups(results)
-    lines = [f"| {split} MAE | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+    lines = [f"| {split} MAE | " + " | ".join(map(row_label, groups)) + " |", "|---|" + "---|" * len(groups)]
     for name, unit in units.items():
         cells = []
         for g in groups:
@@ -221,7 +221,7 @@ def plot_mae_vs_depth(results: list[dict], path: Path) -> Path:
             stats = [seed_stats([_metric(r, "test", name, unit) for r in results if r["group"] == group and r["x"] == d])
                      for d in depths]
             ax.errorbar(depths, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", ms=4, capsize=3,
-                        label=group)
+                        label=row_label(group))
         ax.set_xlabel("number of EGCL layers")
         ax.set_ylabel(f"test {name} MAE ({pretty_unit(unit)})")
         ax.set_title(f"{name} MAE vs depth (mean ± std over seeds)", fontsize=10)
@@ -238,9 +238,9 @@ def plot_dirichlet_per_layer(results: list[dict], path: Path, title: str) -> Pat
         if rows and isinstance(rows[0]["x"], int):
             deepest = max(r["x"] for r in rows)
             rows = [r for r in rows if r["x"] == deepest]
-            label = f"{group}, {deepest} layers"
+            label = f"{row_label(group)}, {deepest} layers"
         else:
-            label = group
+            label = row_label(group)
         curves = [r["diagnostics"]["dirichlet_h"] for r in rows if r.get("diagnostics")]
         if not curves:
             continue
