@@ -403,3 +403,15 @@ def test_forces_rotate_with_the_molecule(mitigation, n_rbf):
         e2, f2 = m.predict_energy_forces(b.z[perm], (pos @ rot.T + shift)[perm], b.batch, None, 3)
         torch.testing.assert_close(e2, e, rtol=0, atol=1e-6)
         torch.testing.assert_close(f2, (f @ rot.T)[perm], rtol=0, atol=1e-6)
+
+
+def test_bundled_ethanol_split_is_the_official_one_and_other_molecules_are_refused_by_name():
+    root = rmd17.bundled_root()
+    digests = {"train": "096946747b8d9dcfa042b44f8debbd3da387dfe1586b659e3be789cc4927316a",
+               "test": "c3594a0f93d5992e02f9eb671392fb2e5021b3fa4f902417886966d1e4f64e1e"}
+    for part, digest in digests.items():  # byte-identical to the upstream files (rmd17_bundled/README.md)
+        assert hashlib.sha256((root / f"rmd17_ethanol_{part}_01.npz").read_bytes()).hexdigest() == digest
+    ds, split = rmd17.load_rmd17("ethanol", "official-1", "bundled")
+    assert [len(split[k]) for k in ("train", "val", "test")] == [950, 50, 1000]
+    with pytest.raises(rmd17.RMD17Error, match="bundled holds only ethanol"):
+        rmd17.locate("aspirin", "bundled")

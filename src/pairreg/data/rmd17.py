@@ -356,11 +356,24 @@ def extract_archive(archive: Path, dest_dir: Path) -> Path:
 
 # --- public API -----------------------------------------------------------------------------------
 
+BUNDLED = "bundled"  # data_root value: the copy of ethanol's official-1 files shipped in the package
+
+
+def bundled_root() -> Path:
+    """The package folder holding ethanol's official-1 train and test files (rmd17_bundled/README.md)."""
+    return Path(__file__).with_name("rmd17_bundled")
+
+
 def locate(molecule: str, root: str | Path | None = None, cache_dir: str | Path | None = None,
            download: bool = True) -> tuple[str, Path]:
     """("split-files" | "archive", folder) holding ``molecule``: root, then cache, then download."""
     check_molecule(molecule)
     root = root or os.environ.get("PAIRREG_RMD17_ROOT") or None
+    if root == BUNDLED:
+        root = bundled_root()
+        if not has_split_files(root, molecule):
+            raise RMD17Error(f"data_root=bundled holds only ethanol's official-1 files ({root}); "
+                             f"for {molecule} give a folder or let the archive download")
     if root is not None:
         root = Path(root)
         if has_split_files(root, molecule):
