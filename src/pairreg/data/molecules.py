@@ -20,7 +20,7 @@ class MoleculeBatch:
 
     Attributes (shapes beside):
         z:          (n_atoms,) long, atomic numbers
-        pos:        (n_atoms, 3) float, coordinates in Å
+        pos:        (n_atoms, 3) float, coordinates in Å (each molecule centred on its centroid by make_batch)
         batch:      (n_atoms,) long, molecule index of each atom
         edge_index: (2, n_edges) long, rows (i, j): message from j to i, sorted by i
         n_atoms:    (n_mols,) long
@@ -47,11 +47,26 @@ class MoleculeBatch:
         return MoleculeBatch(**moved)
 
 
-def make_batch(zs, positions, ys=None, idx=None, dtype=torch.float32, forces=None) -> MoleculeBatch:
-    """Collate lists of per-molecule arrays (z: (n,), pos: (n, 3)) into a :class:`MoleculeBatch`."""
+def centred(pos) -> np.ndarray:
+    """(n, 3) positions minus their centroid, in float64."""
+    pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
+    return pos - pos.mean(0) if len(pos) else pos
+
+
+def make_batch(zs, positions, ys=None, idx=None, dtype=torch.float32, forces=None, centre: bool = True) -> MoleculeBatch:
+    """Collate lists of per-molecule arrays (z: (n,), pos: (n, 3)) into a :class:`MoleculeBatch`.
+
+    With ``centre`` (the default) each molecule's centroid is subtracted in float64 before positions are
+    cast to ``dtype``: the models are translation invariant, but float32 keeps only ~0.06 Å of a coordinate
+    near 1e6 Å, which changed a prediction by meV. Coordinates in a model's layer record are then relative
+    to the molecule's centroid. ``centre=False`` passes positions as given (the equivariance checks use it
+    to test the model's own translation equivariance).
+    """
     n_atoms = np.array([len(z) for z in zs], dtype=np.int64)
     z = torch.from_numpy(np.concatenate(zs).astype(np.int64))
-    pos = torch.from_numpy(np.concatenate(positions).astype(np.float64)).to(dtype)
+    pos64 = np.concatenate([centred(p) if centre else np.asarray(p, dtype=np.float64).reshape(-1, 3)
+                            for p in positions]) if len(positions) else np.zeros((0, 3))
+    pos = torch.from_numpy(pos64).to(dtype)
     batch = torch.from_numpy(np.repeat(np.arange(len(n_atoms)), n_atoms))
     edge_index = torch.from_numpy(complete_graph_edges(n_atoms))
     # targets stay float64: rMD17 energies are ~1e7 meV, where float32 rounds to ~1 meV
@@ -70,7 +85,8 @@ class MoleculeSet(torch.utils.data.Dataset):
 
     def __init__(self, z, pos, n_atoms, y, target_names, target_units, mol_ids=None, forces=None, force_unit=None):
         self.z = np.asarray(z, dtype=np.uint8)
-        self.pos = np.asarray(pos, dtype=np.float32)
+        # float64: collate centres each molecule before the cast to float32 (see make_batch)
+        self.pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
         self.n_atoms = np.asarray(n_atoms, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.n_atoms)])
         self.y = np.asarray(y, dtype=np.float64).reshape(len(self.n_atoms), -1)
