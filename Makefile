@@ -17,7 +17,7 @@ $(BIN)/pairreg: pyproject.toml
 install: $(BIN)/pairreg
 
 demo: install
-	$(BIN)/pairreg train --preset qm9-demo
+	$(BIN)/pairreg train --preset rmd17-demo
 
 test: install
 	$(BIN)/python -m pytest -q

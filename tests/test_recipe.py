@@ -215,3 +215,15 @@ def test_guard_sees_a_collapse_to_the_zero_force_floor_only_after_learning():
     assert guard._diverged(0.9, 400.0) is None
     assert "over 10× the best" in guard._diverged(6.0, 400.0)
     assert "nan" in guard._diverged(float("nan"), None)
+
+
+@pytest.mark.parametrize("preset", ["rmd17-demo", "rmd17-1h"])
+def test_budget_presets_train_on_the_bundled_data_and_stop_on_budget(preset, tmp_path, monkeypatch):
+    # 10 fake seconds per clock reading: the budget (7 or 60 min) ends after a few dozen optimiser steps
+    monkeypatch.setattr(schedules, "clock", FakeClock(10.0 if preset == "rmd17-demo" else 90.0))
+    cfg = load_config(preset, ["data_root=bundled", "subset_test=40", "threads=1", "progress=false",
+                               f"out={tmp_path}", "name=p"])
+    assert cfg.time_budget_min and cfg.ema_decay and cfg.force_weight > 0
+    summary = train(cfg)
+    assert summary["stopped_by"] == "time_budget_min" and summary["epochs_run"] == 1
+    assert math.isfinite(summary["test"]["test/forces_mae_meV_per_Angstrom"])
