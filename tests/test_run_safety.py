@@ -173,6 +173,15 @@ def test_absurd_width_in_a_checkpoint_is_refused_before_allocating(run_copy, cap
     assert str(best) in line and ("shape" in line or "hidden" in line), line
 
 
+def test_evaluate_never_reports_a_non_finite_mae(trained, monkeypatch, capsys):
+    from pairreg.evaluation import forces
+
+    monkeypatch.setattr(forces, "energy_force_mae", lambda *a, **k: {"energy": float("nan"), "forces": 1.0})
+    assert main(["evaluate", str(trained), "--json"]) == 2
+    line = _error_line(capsys)
+    assert "energy" in line and "not finite" in line and capsys.readouterr().out == ""
+
+
 # --- 3. last.ckpt stays the last epoch's state --------------------------------------------------------------------
 
 def test_last_ckpt_is_not_rewritten_by_the_final_validation(tmp_path, monkeypatch):
@@ -236,6 +245,20 @@ def test_unnamed_runs_started_in_the_same_second_get_their_own_directories(tmp_p
     dirs = [run_mod.run_directory(cfg) for _ in range(3)]
     assert len(set(dirs)) == 3 and all(d.is_dir() and d.parent == tmp_path for d in dirs)
     assert dirs[0].name.endswith("20260102-030405")
+
+
+def test_bench_restarts_a_cell_that_stopped_before_its_first_checkpoint(tmp_path):
+    # its run directory exists (config, split) but holds no checkpoint: the bench starts the cell afresh
+    # instead of being refused by the "existing run directory" check
+    study = Study("depth", "cpu", "rmd17-cpu", ["molecule=ethanol"])
+    study.cells = [Cell("none-L1-s0", "none", 1, 0, ("mitigation=none", "n_layers=1", "seed=0"), 1.0)]
+    extra = ["hidden=8", "epochs=1", "batch_size=8", "threads=1", f"data_root={FIXTURE}"]
+    out = tmp_path / "study"
+    (out / "runs" / "none-L1-s0").mkdir(parents=True)
+    (out / "runs" / "none-L1-s0" / "config.yaml").write_text("stale: from the interrupted start\n")
+    results = runner.run_study(study, out, extra, log=lambda m: None)
+    assert [r["cell"] for r in results] == ["none-L1-s0"]
+    assert "stale" not in (out / "runs" / "none-L1-s0" / "config.yaml").read_text()
 
 
 # --- 5. name stays inside --out ------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 
 def add_parser(sub):
@@ -30,6 +31,10 @@ def run(args) -> int:
         units["forces"] = part.force_unit
     else:
         maes = mae_per_target(model, part, cfg.batch_size)
+    bad = [name for name, v in maes.items() if not math.isfinite(v)]
+    if bad:  # never print "MAE nan" with exit 0
+        raise ValueError(f"{info['path']}: the {args.split} MAE of {', '.join(bad)} is not finite: the model "
+                         "predicts NaN or infinite values on this split")
     result = {"checkpoint": info["path"], "split": args.split, "molecules": int(len(split[args.split])),
               "mae": {name: {"value": v, "unit": units[name]} for name, v in maes.items()}}
     if args.json:
