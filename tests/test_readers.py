@@ -80,6 +80,32 @@ def test_xyz_lenient_forms(tmp_path):
     assert b.where == f"{f}:7"
 
 
+def test_utf8_byte_order_mark_is_ignored(tmp_path):
+    """Some Windows editors start UTF-8 files with a BOM; it is not part of the first line."""
+    for name in ("water.xyz", "three.sdf"):
+        f = tmp_path / name
+        f.write_bytes(b"\xef\xbb\xbf" + (INPUTS / name).read_bytes())
+        got, want = read_molecules(f), read_molecules(INPUTS / name)
+        assert [m.formula for m in got] == [m.formula for m in want]
+        assert [m.where.rsplit(":", 1)[1] for m in got] == [m.where.rsplit(":", 1)[1] for m in want]
+        np.testing.assert_array_equal(got[0].pos, want[0].pos)
+
+
+def test_sdf_data_items_after_m_end_are_not_a_second_molecule(tmp_path):
+    f = tmp_path / "items.sdf"
+    f.write_text(sdf(C0, H1, tail="M  END\n>  <name>  (1)\nfirst\nsecond line\n\n> <energy>\n-1.5\n\n$$$$\n")
+                 + sdf(C0, H1, tail="M  END\n$$$$\n"))
+    assert [m.formula for m in read_molecules(f)] == ["CH", "CH"]
+
+
+def test_non_periodic_cell_is_accepted(tmp_path):
+    """A molecule in a box (Lattice= with pbc all F, as ASE writes molecules) is still an isolated molecule."""
+    f = tmp_path / "box.extxyz"
+    f.write_text('2\nLattice="9 0 0 0 9 0 0 0 9" pbc="F F F" Properties=species:S:1:pos:R:3\nH 0 0 0\nH 0 0 0.74\n')
+    [m] = read_molecules(f)
+    assert m.formula == "H2"
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -131,6 +157,28 @@ BAD_FILES = {
     "one-atom.sdf": (sdf(C0, tail="M  END\n$$$$\n"), r":1: molecule has a single atom"),
     "empty.xyz": ("", r": the file is empty"),
     "blank.sdf": ("\n  \n\n", r": the file is empty"),
+    # float() reads "1_0" as 10 and non-ASCII digits as digits: typos, not coordinates
+    "underscore.xyz": ("2\nc\nH 0 0 0\nH 0 0 1_0\n",
+                       r":4: cannot read atom 2 of 2: coordinates must be numbers, "
+                       r".*\('1_0' is not a plain decimal number\)"),
+    "full-width.xyz": ("2\nc\nH 0 0 0\nH \uff10 0 \uff11.\uff10\n", r":4: .*'\uff10' is not a plain decimal number"),
+    "arabic-indic.extxyz": ("2\nProperties=species:S:1:pos:R:3\nH 0 0 0\nH 0 0 \u0661\n",
+                            r":4: .*'\u0661' is not a plain decimal number"),
+    "underscore.sdf": (sdf(C0, H1.replace("1.0000", "1_0000")),
+                       r":6: cannot read atom 2 of 2: .*'1_0000' is not a plain"),
+    "full-width.sdf": (sdf(C0.replace("0.0000", "\uff10.0000", 1), H1), r":5: .*'\uff10.0000' is not a plain"),
+    # periodic cells: the models are for isolated molecules
+    "lattice.extxyz": ('2\nLattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3\nH 0 0 0\nH 0 0 0.74\n',
+                       r":1: the structure is periodic \(pbc T T T.*isolated molecules"),
+    "pbc-second.xyz": ('2\na\nH 0 0 0\nH 0 0 0.74\n2\npbc="T T F"\nH 0 0 0\nH 0 0 0.74\n',
+                       r":5: the structure is periodic \(pbc T T F"),
+    # two molfiles without "$$$$" between them: ASE reads the first and silently drops the second
+    "two-molfiles.mol": (sdf(C0, H1, tail="M  END\n") + sdf(C0, H1, tail="M  END\n"),
+                         r":8: text after 'M  END' that is not an SDF data item .*'m'.*separated by a '\$\$\$\$' line"),
+    "two-molfiles-no-end.sdf": (sdf(C0, H1) + sdf(C0, H1, tail="M  END\n"),
+                                r":10: a second counts line in one record: .*V2000.*'\$\$\$\$'"),
+    "mend-in-data.sdf": (sdf(C0, H1, tail="M  END\n> <note>\nx\nM  END\n$$$$\n"),
+                         r":10: a second 'M  END' in one record"),
 }
 
 
