@@ -117,5 +117,5 @@ def test_npz_with_pickled_objects_is_refused_by_name(tmp_path, monkeypatch, caps
              coords=np.zeros((1, 9, 3)), energies=np.zeros(1), forces=np.zeros((1, 9, 3)))
     assert main(["data", "rmd17", "--molecule", "ethanol", "--root", str(tmp_path)]) == 2
     line = _one_line(capsys)
-    assert line == (f"pairreg data: error: {tmp_path / 'rmd17_ethanol_train_01.npz'}: holds pickled Python objects, "
-                    "not plain arrays; refusing to load it")
+    assert line == (f"pairreg data: error: {tmp_path / 'rmd17_ethanol_train_01.npz'}: not a readable npz file, or it "
+                    "holds pickled Python objects; refusing to load it")

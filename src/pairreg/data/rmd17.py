@@ -125,7 +125,7 @@ def read_npz(path: Path, molecule: str) -> Frames:
             data = {k: f[k] for k in f.files}
     except Exception as err:
         if "allow_pickle" in str(err):  # numpy's advice to allow unpickling must not reach users
-            raise RMD17Error(f"{path}: holds pickled Python objects, not plain arrays; refusing to load it") from None
+            raise RMD17Error(f"{path}: not a readable npz file, or it holds pickled Python objects; refusing to load it") from None
         raise RMD17Error(f"{path}: not a readable npz file ({type(err).__name__}: {err})") from None
     for key in ("nuclear_charges", "coords", "energies", "forces"):
         if key not in data:
