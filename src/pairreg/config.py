@@ -66,7 +66,8 @@ class Config:
     schedule: str = "cosine"  # constant | cosine | warmup-cosine (per step) | plateau (lowered on validation plateaus)
     warmup_epochs: float = 0.0
     lr_min: float = 0.0
-    grad_clip: typing.Optional[float] = None  # max gradient norm; None: off (EGNN and PairReg use none)
+    grad_clip: typing.Optional[float] = None  # max gradient norm; None: 10 when force_weight > 0, else off
+    #   (EGNN and PairReg use none); 0: off
     force_weight: float = 0.0  # rMD17: weight of the force L1 term (forces = −∂E/∂x); 0 = energy only (the paper)
     # --- the field's force-field recipe (docs/training.md gives each key's source) ---
     time_budget_min: typing.Optional[float] = None  # stop after this much training wall time (minutes); the
@@ -359,7 +360,9 @@ def validate(cfg: Config) -> Config:
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(cfg, key)}")
-    for key in ("subset_train", "subset_val", "subset_test", "threads", "grad_clip"):
+    if cfg.grad_clip is not None and cfg.grad_clip < 0:
+        raise ConfigError(f"grad_clip must be >= 0 (0: off) or null, got {cfg.grad_clip}")
+    for key in ("subset_train", "subset_val", "subset_test", "threads"):
         if getattr(cfg, key) is not None and getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0 or null, got {getattr(cfg, key)}")
     if cfg.rbf_max_A <= 0:

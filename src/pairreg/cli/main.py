@@ -65,8 +65,7 @@ def describe_error(err: Exception) -> tuple[int, str]:
     from ..config import ConfigError
     from ..data.qm9 import QM9Error
     from ..data.readers import InputError
-    from ..training.callbacks import DivergenceError
-    from ..training.losses import NonFiniteLossError
+    from ..training.losses import DivergenceError, NonFiniteLossError  # not callbacks: that imports Lightning
 
     debug = "set PAIRREG_DEBUG=1 to see the traceback"
     if isinstance(err, pickle.UnpicklingError) or _UNSAFE_LOAD.search(str(err)):  # what would be shown

@@ -13,13 +13,11 @@ import sys
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 
+from .losses import DivergenceError
 from .schedules import PlateauScale
 
+__all__ = ["DivergenceError", "LrControl", "detach_weight_averaging", "weight_averaging"]
 MAX_ROLLBACKS = 3
-
-
-class DivergenceError(RuntimeError):
-    """Training diverged again after the guard's last rollback."""
 
 
 def weight_averaging(decay: float) -> EMAWeightAveraging:

@@ -15,6 +15,10 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; raised before the optimiser step so weights stay finite."""
 
 
+class DivergenceError(RuntimeError):
+    """Training diverged again after the divergence guard's last rollback (training/callbacks.py)."""
+
+
 def elementwise_loss(pred: torch.Tensor, true: torch.Tensor, kind: str = "l1", delta: float = 1.0) -> torch.Tensor:
     """Mean over all elements of the ``kind`` loss between ``pred`` and ``true``."""
     if kind == "l1":
