@@ -16,10 +16,13 @@ def add_parser(sub):
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--molecules", type=int, default=1000, help="first N molecules of the split (default 1000)")
     p.add_argument("--out", default="diagnostics", help="output folder (default ./diagnostics)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="where the model runs: auto = the CUDA GPU when PyTorch sees one, else the CPU (default auto)")
 
 
 def run(args) -> int:
     from ..atomic import make_dirs, write_atomic
+    from ..devices import torch_device
     from ..evaluation.diagnostics import diagnose_model, energy_ratio
     from ..evaluation.plots import plot_layer_diagnostics
     from ..training.checkpoint import load_model
@@ -29,6 +32,7 @@ def run(args) -> int:
     runs, datasets = [], {}  # QM9 is loaded once per target list, not once per run
     for path in args.checkpoints:
         model, info = load_model(path)
+        model.to(torch_device(args.accelerator))
         cfg = info["config"]
         key = tuple(cfg.targets)
         if cfg.dataset == "qm9" and key not in datasets:

@@ -12,14 +12,18 @@ def add_parser(sub):
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run directory")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="where the model runs: auto = the CUDA GPU when PyTorch sees one, else the CPU (default auto)")
 
 
 def run(args) -> int:
+    from ..devices import torch_device
     from ..evaluation.evaluate import mae_per_target
     from ..training.checkpoint import load_model
     from ..training.datamodule import build_splits
 
     model, info = load_model(args.checkpoint, args.which)
+    model.to(torch_device(args.accelerator))
     cfg = info["config"]
     ds, split = build_splits(cfg)
     part = ds.subset(split[args.split])

@@ -26,6 +26,8 @@ def add_parser(sub):
     p = sub.add_parser("predict", help="predict properties of molecules in XYZ/extXYZ/SDF/MOL files")
     p.add_argument("files", nargs="+", help="molecule files (.xyz, .extxyz, .sdf, .mol; one or many molecules each)")
     p.add_argument("--checkpoint", help="run directory or .ckpt file (default: the shipped pretrained model)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="where the model runs: auto = the CUDA GPU when PyTorch sees one, else the CPU (default auto)")
     p.add_argument("--max-atoms", type=_atom_limit, default=DEFAULT_MAX_ATOMS, metavar="N",
                    help="refuse molecules with more than N atoms before building their graph; memory and time "
                         "grow as N² (default %(default)s: under 1 GB and 30 s on 2 CPU cores with the shipped "
@@ -104,6 +106,7 @@ def run(args) -> int:
     # Inputs first: a bad file or a too-large molecule is refused in about a second, before torch loads.
     molecules = read_inputs(args.files, max_atoms=args.max_atoms, warn=warn)
 
+    from ..devices import torch_device
     from ..evaluation.evaluate import predict_molecules
     from ..training.checkpoint import load_model
 
@@ -112,6 +115,7 @@ def run(args) -> int:
         if checkpoint is None:  # a packaged resource may live in a zip: get a real file for torch.load
             checkpoint = stack.enter_context(resources.as_file(pretrained_checkpoint()))
         model, info = load_model(checkpoint)
+    model.to(torch_device(args.accelerator))
     print(f"pairreg predict: {describe_model(info)}", file=sys.stderr)
     rows = predict_molecules(model, molecules, info["target_names"], info["target_units"],
                              max_atoms_train=info.get("max_atoms_train"), warn=warn)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch_geometric.utils import scatter
 
+from ..devices import model_device
+
 
 def _per_molecule_sum(values: torch.Tensor, batch: torch.Tensor, n_molecules: int) -> torch.Tensor:
     return scatter(values, batch, 0, dim_size=n_molecules, reduce="sum")
@@ -58,8 +60,10 @@ def layer_diagnostics(record, batch: torch.Tensor, n_molecules: int) -> dict[str
 def diagnose_model(model, ds, batch_size: int = 96) -> dict[str, list[float]]:
     """Per-layer measures averaged over all molecules of ``ds`` (a MoleculeSet), model in eval mode."""
     model.eval()
+    device = model_device(model)
     sums, total = None, 0
     for b in ds.batches(batch_size):
+        b = b.to(device)
         with torch.no_grad():
             _, rec = model(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)
         d = layer_diagnostics(rec, b.batch, b.num_molecules)

@@ -7,6 +7,7 @@ import torch
 
 from ..data.molecules import MoleculeSet, make_batch
 from ..data.readers import InputError, read_inputs
+from ..devices import model_device
 from ..models import UnknownElementError
 
 # Predictions use the complete graph of each molecule: N(N-1) edges, each an MLP message, so memory and time
@@ -19,9 +20,11 @@ DEFAULT_MAX_ATOMS = 500
 def predict_set(model, ds: MoleculeSet, batch_size: int = 96) -> np.ndarray:
     """(n_molecules, n_targets) predictions in reporting units, in dataset order."""
     model.eval()
+    device = model_device(model)
     out = []
     for b in ds.batches(batch_size):
-        out.append(model.predict(b.z, b.pos, b.batch, b.edge_index, b.num_molecules).numpy())
+        b = b.to(device)
+        out.append(model.predict(b.z, b.pos, b.batch, b.edge_index, b.num_molecules).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(model.target_mean)))
 
 
@@ -71,9 +74,9 @@ def predict_molecules(model, molecules, target_names, target_units, max_atoms_tr
                  f"molecule ({max_atoms_train} atoms); its prediction is an extrapolation and may be unreliable")
     rows = []
     for mol in molecules:
-        b = make_batch([mol.z], [mol.pos])
+        b = make_batch([mol.z], [mol.pos]).to(model_device(model))
         try:
-            y = model.predict(b.z, b.pos, b.batch, b.edge_index, 1)[0]
+            y = model.predict(b.z, b.pos, b.batch, b.edge_index, 1)[0].cpu()
         except UnknownElementError as err:  # not expected after the check above; kept as a safety net
             raise InputError(f"{mol.where}: {err}") from None
         if not torch.isfinite(y).all():  # e.g. coordinates beyond float32's range (1e200 Å) become inf

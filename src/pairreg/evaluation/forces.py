@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.molecules import MoleculeSet
+from ..devices import model_device
 
 
 def predict_energy_forces(model, ds: MoleculeSet, batch_size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     """(energies (n_molecules,), forces (n_atoms, 3)) in reporting units, in dataset order."""
     model.eval()
+    device = model_device(model)
     energies, forces = [], []
     for b in ds.batches(batch_size):
+        b = b.to(device)
         e, f = model.predict_energy_forces(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)
-        energies.append(e.numpy())
-        forces.append(f.numpy())
+        energies.append(e.cpu().numpy())
+        forces.append(f.cpu().numpy())
     return np.concatenate(energies), np.concatenate(forces)
 
 

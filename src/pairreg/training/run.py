@@ -21,6 +21,7 @@ import yaml
 from .. import __version__
 from ..atomic import make_dirs, write_atomic, write_error  # noqa: F401 (write_atomic: bench uses it from here)
 from ..config import Config, ConfigError, config_from_dict, dump_yaml
+from ..devices import lightning_accelerator
 from .checkpoint import (CHECKPOINT_DIR, RESUME_KEYS, AtomicCheckpoint, CheckpointError, SafeCheckpointIO,
                          check_model_state, load_checkpoint, model_state)
 from .datamodule import MoleculeDataModule, target_statistics
@@ -199,6 +200,7 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    accelerator = lightning_accelerator(cfg.accelerator)  # auto: CUDA if there is one, else CPU; refused before any write
     owner = launcher_rank_zero()
     # everything that can be refused is checked before the first write into the run directory
     if resume:
@@ -235,7 +237,7 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        max_epochs=cfg.epochs, accelerator=accelerator, devices=cfg.devices, strategy=cfg.strategy,
         num_nodes=cfg.num_nodes, gradient_clip_val=cfg.grad_clip, enable_checkpointing=False, num_sanity_val_steps=0,
         plugins=[SafeCheckpointIO()],  # resume loads weights-only whatever the environment says; atomic writes
         logger=L.pytorch.loggers.CSVLogger(str(run_dir), name="", version="logs"),
