@@ -77,7 +77,7 @@ def test_distance_basis_is_used_only_when_asked():
     basis = build_model(load_config("rmd17-cpu", ["hidden=8", "n_layers=2"]))
     assert not hasattr(plain.backbone.layers[0], "edge_in_rbf")
     layer = basis.backbone.layers[0]
-    assert layer.edge_in_rbf.in_features == 64 and float(layer.rbf_centres[-1]) == 6.0
+    assert layer.edge_in_rbf.in_features == 64 and float(layer.rbf.centres[-1]) == 6.0
 
 
 # --- issue 13: non-finite floats and absurd sizes -----------------------------------------------

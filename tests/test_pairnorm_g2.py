@@ -115,7 +115,7 @@ def test_g2_gates_are_built_like_the_main_layers():
     model = g2_model()
     for layer, gate in zip(model.backbone.layers, model.mitigation.gates):
         assert gate.n_rbf == layer.n_rbf == 6 and gate.edge_in_rbf.in_features == 6
-        torch.testing.assert_close(gate.rbf_centres, layer.rbf_centres)
+        torch.testing.assert_close(gate.rbf.centres, layer.rbf.centres)
         assert gate.node_mlp[0].in_features == layer.node_mlp[0].in_features == 2 * 8 + model.features.dim
         assert not gate.update_coords
     bare = g2_model(node_attr=False)

@@ -40,8 +40,11 @@ class Config:
     n_layers: int = 9
     node_attr: bool = True  # feed input atom features into every φ_h (EGNN's QM9 model)
     coord_act: str = "tanh"  # hidden activation of φ_x: tanh (PairReg) or silu (EGNN)
-    n_rbf: int = 0  # Gaussian radial basis functions of the distance in φ_e (0: EGNN's raw d² only; not the paper's)
-    rbf_max_A: float = 10.0  # last basis centre, Å (centres evenly spaced from 0 Å)
+    n_rbf: int = 0  # radial basis functions of the distance in φ_e (0: EGNN's raw d² only; not the paper's)
+    rbf_max_A: float = 10.0  # Gaussians: last basis centre, Å (centres evenly spaced from 0 Å)
+    rbf: str = "gaussian"  # gaussian | bessel: DimeNet's Bessel functions × polynomial envelope (p = 6), r_c = cutoff_A
+    cutoff_A: typing.Optional[float] = None  # radius graph: only pairs closer than this (Å) interact, messages
+    #   switched off smoothly by the envelope; also Bessel's r_c; None: complete graph of each molecule (EGNN)
     mitigation: str = "pairreg"  # none | residual | pairreg | pairnorm | g2 | noisynodes
     # PairReg switches (None = the mitigation's default; see docs/method.md)
     residual: typing.Optional[str] = None
@@ -115,6 +118,7 @@ MITIGATION_KEYS = ("residual", "coord_mix", "update_coords", "reg_layers", "reg_
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _CHOICES = {
     "coord_act": ("tanh", "silu"),
+    "rbf": ("gaussian", "bessel"),
     "optimizer": ("adam", "adamw"),
     "schedule": ("constant", "cosine", "warmup-cosine", "plateau"),
     "energy_loss": ("l1", "mse", "huber"),
@@ -253,7 +257,7 @@ def count_parameters(cfg: Config) -> int:
         model = MoleculeModel(
             n_targets=len(cfg.targets), hidden=cfg.hidden, n_layers=cfg.n_layers, mitigation=cfg.mitigation,
             mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
-            n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A,
+            n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, rbf=cfg.rbf, cutoff_A=cfg.cutoff_A,
         )
     return sum(p.numel() for p in model.parameters())
 
@@ -367,6 +371,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be > 0 or null, got {getattr(cfg, key)}")
     if cfg.rbf_max_A <= 0:
         raise ConfigError(f"rbf_max_A must be > 0 Å, got {cfg.rbf_max_A}")
+    if cfg.cutoff_A is not None and cfg.cutoff_A <= 0:
+        raise ConfigError(f"cutoff_A must be > 0 Å or null, got {cfg.cutoff_A}")
+    if cfg.rbf == "bessel" and cfg.cutoff_A is None:
+        raise ConfigError("rbf=bessel needs cutoff_A (Å), the r_c where its functions vanish (it is also the graph's "
+                          "radius cutoff; a value above the largest molecule keeps the complete graph)")
+    if cfg.rbf == "bessel" and cfg.n_rbf < 1:
+        raise ConfigError("rbf=bessel: set n_rbf >= 1 (n_rbf=0 means no distance basis)")
     for key in ("weight_decay", "warmup_epochs", "lr_min", "num_workers", "n_rbf"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")

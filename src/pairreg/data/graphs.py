@@ -1,10 +1,11 @@
-"""Complete graphs inside each molecule, built with numpy (no torch-cluster needed)."""
+"""Complete graphs inside each molecule (numpy), and radius graphs masked from them (torch); no torch-cluster."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 
 @lru_cache(maxsize=128)
@@ -26,3 +27,15 @@ def complete_graph_edges(n_atoms: np.ndarray) -> np.ndarray:
     offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
     parts = [_template(int(n)) + off for n, off in zip(n_atoms, offsets)]
     return np.concatenate(parts, axis=1)
+
+
+def radius_graph(edge_index: torch.Tensor, pos: torch.Tensor, cutoff_A: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edges of ``edge_index`` (e.g. the complete graphs) whose atoms are closer than ``cutoff_A`` Å.
+
+    Masking the complete graph keeps edges inside each molecule and sorted by i, as it was.
+    Returns (edge_index (2, n_kept), dist (n_kept, 1) in Å); ``dist`` is differentiable in ``pos``.
+    """
+    diff = pos.index_select(0, edge_index[0]) - pos.index_select(0, edge_index[1])  # (n_edges, 3)
+    dist = (diff * diff).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()  # (n_edges, 1) Å
+    keep = (dist.detach() < cutoff_A).squeeze(-1).nonzero().squeeze(-1)  # (n_kept,)
+    return edge_index.index_select(1, keep), dist.index_select(0, keep)

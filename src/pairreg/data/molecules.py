@@ -22,7 +22,8 @@ class MoleculeBatch:
         z:          (n_atoms,) long, atomic numbers
         pos:        (n_atoms, 3) float, coordinates in Å (each molecule centred on its centroid by make_batch)
         batch:      (n_atoms,) long, molecule index of each atom
-        edge_index: (2, n_edges) long, rows (i, j): message from j to i, sorted by i
+        edge_index: (2, n_edges) long, rows (i, j): message from j to i, sorted by i; the complete graphs
+                    (a model with ``cutoff_A`` masks them to pairs within it: data/graphs.py radius_graph)
         n_atoms:    (n_mols,) long
         y:          (n_mols, n_targets) float64 in reporting units, or None
         idx:        (n_mols,) long, index of each molecule in its dataset

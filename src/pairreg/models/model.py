@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.graphs import complete_graph_edges
+from ..data.graphs import complete_graph_edges, radius_graph
 from .backbones.egnn import EGNNBackbone
 from .mitigations import GraphContext, build_mitigation
+from .radial import polynomial_envelope
 
 DEFAULT_ELEMENTS = (1, 6, 7, 8, 9)  # H, C, N, O, F
 
@@ -68,6 +69,11 @@ class MoleculeModel(nn.Module):
         node_attr: concatenate the input atom features into φ_h of every layer (EGNN's QM9 model; default True).
         coord_act: hidden activation of φ_x, ``"tanh"`` (default) or ``"silu"``.
         n_rbf, rbf_max_A: optional Gaussian distance basis in φ_e (default 0: off, as EGNN; see backbones/egnn.py).
+        rbf: the basis, ``"gaussian"`` (default) or ``"bessel"`` (needs ``cutoff_A``; models/radial.py).
+        cutoff_A: radius cutoff in Å (default None: the complete graph of each molecule, as EGNN). When set,
+            only pairs closer than it are edges, every message is multiplied by the smooth envelope u(d)
+            of its input distance (zero, with two derivatives, at the cutoff: the energy is continuous as
+            atoms cross it), and the Bessel basis uses it as r_c. C = 1/(N−1) stays per molecule.
         elements, charge_power: atom features (default H, C, N, O, F and powers 0..2 of Z/9).
         target_mean, target_scale: per-target standardisation (reporting units); prediction = mean + scale · output.
     """
@@ -83,6 +89,8 @@ class MoleculeModel(nn.Module):
         coord_act: str = "tanh",
         n_rbf: int = 0,
         rbf_max_A: float = 10.0,
+        rbf: str = "gaussian",
+        cutoff_A: float | None = None,
         elements=DEFAULT_ELEMENTS,
         charge_power: int = 2,
         target_mean=None,
@@ -92,9 +100,10 @@ class MoleculeModel(nn.Module):
         self.features = AtomFeatures(elements, charge_power=charge_power)
         self.embedding = nn.Linear(self.features.dim, hidden)
         self.node_attr = node_attr
+        self.cutoff_A = None if cutoff_A is None else float(cutoff_A)
         mit = build_mitigation(mitigation, n_layers, hidden, **(mitigation_options or {}))
         self.backbone = EGNNBackbone(n_layers, hidden, mit, self.features.dim if node_attr else 0, coord_act,
-                                     n_rbf=n_rbf, rbf_max_A=rbf_max_A)
+                                     n_rbf=n_rbf, rbf_max_A=rbf_max_A, rbf=rbf, cutoff_A=cutoff_A)
         self.node_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.graph_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_targets))
         mean = torch.zeros(n_targets) if target_mean is None else torch.as_tensor(np.asarray(target_mean), dtype=torch.float64)
@@ -110,7 +119,9 @@ class MoleculeModel(nn.Module):
         """
         Args:
             z: (n_atoms,) atomic numbers; pos: (n_atoms, 3) Å; batch: (n_atoms,) molecule index,
-            atoms grouped by molecule; edge_index: (2, n_edges) or None for the complete graphs.
+            atoms grouped by molecule; edge_index: (2, n_edges) or None for the complete graphs. With
+            ``cutoff_A`` the given edges are masked to pairs closer than it (so batches may carry the
+            complete graphs).
         Returns:
             y_std: (n_molecules, n_targets) standardised predictions; record: per-layer (h, x).
         """
@@ -118,11 +129,15 @@ class MoleculeModel(nn.Module):
             n_molecules = int(batch.max()) + 1 if batch.numel() else 0
         if edge_index is None:
             edge_index = complete_graph(batch, n_molecules)
+        edge_weight = None
+        if self.cutoff_A is not None:
+            edge_index, dist = radius_graph(edge_index, pos, self.cutoff_A)
+            edge_weight = polynomial_envelope(dist, self.cutoff_A)  # (n_edges, 1), from the input positions
         counts = torch.bincount(batch, minlength=n_molecules)  # (n_molecules,)
         inv_deg = (1.0 / (counts - 1).clamp(min=1).to(pos.dtype))[batch].unsqueeze(-1)  # (n_atoms, 1) C = 1/(N−1)
         attr = self.features(z, pos.dtype)  # (n_atoms, F)
         h = self.embedding(attr)  # (n_atoms, H)
-        graph = GraphContext(batch, edge_index, n_molecules, attr if self.node_attr else None)
+        graph = GraphContext(batch, edge_index, n_molecules, attr if self.node_attr else None, edge_weight)
         h, x, record = self.backbone(h, pos, edge_index, inv_deg, graph, attr if self.node_attr else None)
         node = self.node_head(h)  # (n_atoms, H)
         pooled = torch.zeros(n_molecules, node.shape[1], dtype=node.dtype, device=node.device).index_add_(0, batch, node)

@@ -20,7 +20,8 @@ def build_model(cfg: Config, target_mean=None, target_scale=None) -> MoleculeMod
     return MoleculeModel(
         n_targets=len(cfg.targets), hidden=cfg.hidden, n_layers=cfg.n_layers, mitigation=cfg.mitigation,
         mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
-        n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, target_mean=target_mean, target_scale=target_scale,
+        n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, rbf=cfg.rbf, cutoff_A=cfg.cutoff_A,
+        target_mean=target_mean, target_scale=target_scale,
     )
 
 

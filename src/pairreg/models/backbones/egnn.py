@@ -17,17 +17,29 @@ Departures and choices, each documented in docs/method.md:
     ~N−1 times fewer multiply-adds for the widest matrix product.
   * There is no residual inside the layer: how layer outputs combine is the mitigation's job
     (models/mitigations), so "none" is the plain stack and "residual" the additive one.
-  * Optional, off by default and not part of EGNN or PairReg: ``n_rbf`` Gaussian radial basis
-    functions of the distance ‖x_i − x_j‖ (SchNet-style) added to φ_e's input beside d². On rMD17,
-    where every frame has the same atoms, raw d² alone barely moves the output at initialisation
-    and fits forces slowly at lr 1e-3 (our one recorded d²-only CPU run stayed at the mean
-    predictor); the basis resolves small bond-length changes (docs/results.md).
+  * Optional, off by default and not part of EGNN or PairReg: ``n_rbf`` radial basis functions of
+    the distance ‖x_i − x_j‖ added to φ_e's input beside d² — SchNet-style Gaussians or DimeNet's
+    Bessel functions with a smooth cutoff envelope (models/radial.py). On rMD17, where every frame
+    has the same atoms, raw d² alone barely moves the output at initialisation and fits forces
+    slowly at lr 1e-3 (our one recorded d²-only CPU run stayed at the mean predictor); the basis
+    resolves small bond-length changes (docs/results.md).
+  * Optional radius cutoff (``cutoff_A``; the model builds the graph, models/model.py): only pairs
+    closer than r_c are edges, and the model passes each edge's envelope weight w_ij = u(d⁰_ij)
+    (models/radial.py, d⁰ the input distance the graph was built from). The layer then uses
+    m_ij ← w_ij · m_ij in the sum and w_ij · (x_i − x_j) φ_x(m_ij) in the coordinate update (φ_x(0) ≠ 0,
+    so the message alone is not enough). d² and h_j are not zero at r_c, so without w the energy would
+    jump as a pair crosses the cutoff; with it, every layer's contribution of that pair vanishes
+    smoothly there. w uses the input distances, not each layer's updated ones, because the graph is
+    fixed from the input: a layer-wise u(d_l) could be non-zero for a pair just entering the graph.
+    C stays 1/(N−1) of the whole molecule, not 1/degree, so it does not jump either.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..radial import build_basis
 
 
 class EGCL(nn.Module):
@@ -39,12 +51,15 @@ class EGCL(nn.Module):
             model feeds the input features again; 0 disables).
         update_coords: compute x̃ (True) or return x unchanged (False, EGNN on QM9).
         coord_act: hidden activation of φ_x, ``"tanh"`` (PairReg) or ``"silu"`` (EGNN).
-        n_rbf: number of Gaussian radial basis functions of the distance fed to φ_e (0: EGNN's d² only).
-        rbf_max_A: the last basis centre in Å; centres are evenly spaced from 0, width = spacing.
+        n_rbf: number of radial basis functions of the distance fed to φ_e (0: EGNN's d² only).
+        rbf_max_A: Gaussians: the last centre in Å; centres are evenly spaced from 0, width = spacing.
+        rbf: ``"gaussian"`` (default) or ``"bessel"`` (models/radial.py).
+        cutoff_A: Bessel: r_c in Å (required). The graph cutoff itself is applied by the model, which
+            passes the envelope weights to :meth:`forward`.
     """
 
     def __init__(self, hidden: int, node_attr_dim: int = 0, update_coords: bool = True, coord_act: str = "tanh",
-                 n_rbf: int = 0, rbf_max_A: float = 10.0):
+                 n_rbf: int = 0, rbf_max_A: float = 10.0, rbf: str = "gaussian", cutoff_A: float | None = None):
         super().__init__()
         self.hidden = hidden
         self.update_coords = update_coords
@@ -53,8 +68,7 @@ class EGCL(nn.Module):
         self.edge_in_d2 = nn.Parameter(torch.empty(hidden))  # w · d²_ij
         self.n_rbf = n_rbf
         if n_rbf:
-            self.register_buffer("rbf_centres", torch.linspace(0.0, rbf_max_A, n_rbf), persistent=False)  # Å
-            self.rbf_width = rbf_max_A / max(1, n_rbf - 1)  # Å
+            self.rbf = build_basis(rbf, n_rbf, rbf_max_A, cutoff_A)  # (n_edges, 1) Å → (n_edges, n_rbf)
             self.edge_in_rbf = nn.Linear(n_rbf, hidden, bias=False)
         self.edge_out = nn.Linear(hidden, hidden)
         self.gate = nn.Linear(hidden, 1)
@@ -73,13 +87,14 @@ class EGCL(nn.Module):
         for p in split:
             nn.init.uniform_(p, -bound, bound)
 
-    def forward(self, h, x, edge_index, inv_deg, node_attr=None):
+    def forward(self, h, x, edge_index, inv_deg, node_attr=None, edge_weight=None):
         """
         Args:
             h: (n_atoms, H) invariant features; x: (n_atoms, 3) coordinates in Å
             edge_index: (2, n_edges) rows (i, j), message j → i
             inv_deg: (n_atoms, 1) C = 1/(N−1) of each atom's molecule
             node_attr: (n_atoms, A) or None
+            edge_weight: (n_edges, 1) cutoff envelope u(d⁰_ij) multiplying each message, or None (complete graph)
         Returns:
             h̃ (n_atoms, H), x̃ (n_atoms, 3)
         """
@@ -92,10 +107,11 @@ class EGCL(nn.Module):
         pre = pre + self.edge_in_i(h).index_select(0, i)  # (n_edges, H) + W_i h_i + b
         if self.n_rbf:
             dist = d2.clamp_min(1e-12).sqrt()  # (n_edges, 1) Å
-            rbf = torch.exp(-(((dist - self.rbf_centres) / self.rbf_width) ** 2))  # (n_edges, n_rbf)
-            pre = pre + self.edge_in_rbf(rbf)
+            pre = pre + self.edge_in_rbf(self.rbf(dist))  # + W_rbf basis(d)
         m = nn.functional.silu(self.edge_out(nn.functional.silu(pre)))  # (n_edges, H)
         m = m * torch.sigmoid(self.gate(m))  # (n_edges, H) soft edges
+        if edge_weight is not None:
+            m = m * edge_weight  # switched off smoothly at the cutoff
         # aggregate
         agg = torch.zeros_like(h).index_add_(0, i, m)  # (n_atoms, H)
         # update
@@ -103,7 +119,10 @@ class EGCL(nn.Module):
         h_new = self.node_mlp(torch.cat(parts, dim=-1))  # (n_atoms, H)
         if not self.update_coords:
             return h_new, x
-        shift = torch.zeros_like(x).index_add_(0, i, diff * self.coord_mlp(m))  # (n_atoms, 3)
+        coord = self.coord_mlp(m)  # (n_edges, 1)
+        if edge_weight is not None:
+            coord = coord * edge_weight  # φ_x(0) ≠ 0: switch the coordinate term off too
+        shift = torch.zeros_like(x).index_add_(0, i, diff * coord)  # (n_atoms, 3)
         return h_new, x + shift * inv_deg
 
 
@@ -115,11 +134,12 @@ class EGNNBackbone(nn.Module):
     """
 
     def __init__(self, n_layers: int, hidden: int, mitigation, node_attr_dim: int = 0, coord_act: str = "tanh",
-                 n_rbf: int = 0, rbf_max_A: float = 10.0):
+                 n_rbf: int = 0, rbf_max_A: float = 10.0, rbf: str = "gaussian", cutoff_A: float | None = None):
         super().__init__()
         self.mitigation = mitigation
         # one place for what every EGCL of the model sees (edge features, node attributes)
-        options = dict(node_attr_dim=node_attr_dim, coord_act=coord_act, n_rbf=n_rbf, rbf_max_A=rbf_max_A)
+        options = dict(node_attr_dim=node_attr_dim, coord_act=coord_act, n_rbf=n_rbf, rbf_max_A=rbf_max_A, rbf=rbf,
+                       cutoff_A=cutoff_A)
         self.layers = nn.ModuleList(
             EGCL(hidden, update_coords=mitigation.update_coords, **options) for _ in range(n_layers)
         )
@@ -131,7 +151,7 @@ class EGNNBackbone(nn.Module):
         h, x = self.mitigation.begin(h, x, graph)
         record.append(h, x)
         for layer_idx, layer in enumerate(self.layers):
-            h_new, x_new = layer(h, x, edge_index, inv_deg, node_attr)
+            h_new, x_new = layer(h, x, edge_index, inv_deg, node_attr, graph.edge_weight)
             h, x = self.mitigation.combine(layer_idx, h, x, h_new, x_new, graph, record)
             record.append(h, x)
         return h, x, record

@@ -27,6 +27,7 @@ class GraphContext:
     edge_index: torch.Tensor  # (2, n_edges)
     n_molecules: int
     node_attr: torch.Tensor | None = None  # (n_atoms, A) the attributes every EGCL's φ_h reads, or None
+    edge_weight: torch.Tensor | None = None  # (n_edges, 1) cutoff envelope u(d⁰_ij) of each edge; None: complete graph
 
 
 class Mitigation(nn.Module):

@@ -51,18 +51,26 @@ class GradientGating(Mitigation):
     def extra_repr(self) -> str:
         return f"g2_p={self.p}, g2_aggregation={self.aggregation}, update_coords={self.update_coords}"
 
-    def rates(self, tau_hat, edge_index):
-        """(n_atoms, H) τ in [0, 1) from per-atom rates τ̂ over each molecule's edges."""
+    def rates(self, tau_hat, edge_index, edge_weight=None):
+        """(n_atoms, H) τ in [0, 1) from per-atom rates τ̂ over each molecule's edges.
+
+        With a radius cutoff, ``edge_weight`` (n_edges, 1) is each edge's envelope: terms and degrees are
+        weighted by it, so τ does not jump as a pair crosses the cutoff."""
         i, j = edge_index[0], edge_index[1]
         grad = (tau_hat.index_select(0, j) - tau_hat.index_select(0, i)).abs() ** self.p  # (n_edges, H)
+        if edge_weight is not None:
+            grad = grad * edge_weight
         agg = torch.zeros_like(tau_hat).index_add_(0, i, grad)  # (n_atoms, H)
         if self.aggregation == "mean":
-            deg = torch.bincount(i, minlength=len(tau_hat)).clamp(min=1).to(tau_hat.dtype).unsqueeze(-1)
-            agg = agg / deg
+            if edge_weight is None:
+                deg = torch.bincount(i, minlength=len(tau_hat)).to(tau_hat.dtype).unsqueeze(-1)
+            else:
+                deg = torch.zeros(len(tau_hat), 1, dtype=tau_hat.dtype, device=tau_hat.device).index_add_(0, i, edge_weight)
+            agg = agg / deg.clamp(min=1)
         return torch.tanh(agg)
 
     def combine(self, layer, h_prev, x_prev, h_new, x_new, graph, record):
         ones = torch.ones(len(h_prev), 1, dtype=h_prev.dtype, device=h_prev.device)  # C unused: no coordinate update
-        tau_hat, _ = self.gates[layer](h_prev, x_prev, graph.edge_index, ones, graph.node_attr)
-        tau = self.rates(torch.relu(tau_hat), graph.edge_index)
+        tau_hat, _ = self.gates[layer](h_prev, x_prev, graph.edge_index, ones, graph.node_attr, graph.edge_weight)
+        tau = self.rates(torch.relu(tau_hat), graph.edge_index, graph.edge_weight)
         return (1 - tau) * h_prev + tau * torch.relu(h_new), x_new
