@@ -24,7 +24,9 @@ from ..config import Config, ConfigError, config_from_dict, dump_yaml
 from ..devices import lightning_accelerator
 from .checkpoint import (CHECKPOINT_DIR, RESUME_KEYS, AtomicCheckpoint, CheckpointError, SafeCheckpointIO,
                          check_model_state, load_checkpoint, model_state)
-from .datamodule import MoleculeDataModule, target_statistics
+from .callbacks import LrControl, detach_weight_averaging, weight_averaging
+from .datamodule import MoleculeDataModule, target_statistics, zero_force_mae
+from .schedules import PlateauScale
 from .module import FORCE_NAME, PropertyModule, metric_name
 
 RUN_DIR_ENV = "PAIRREG_RUN_DIR"  # set for the worker processes Lightning's DDP launcher starts
@@ -73,6 +75,17 @@ def _check_same_split(path: Path, dm: MoleculeDataModule) -> None:
                                     "started with; resume with the same data")
 
 
+# Gradient-norm clip used for force training when grad_clip is not set (TorchMD-Net and MACE clip at 10;
+# the issue's probe diverged to zero forces without clipping at lr 2e-3)
+FORCE_GRAD_CLIP = 10.0
+
+
+def effective_grad_clip(cfg: Config) -> float | None:
+    """``grad_clip``; unset means 10 for force training and off otherwise; 0 means off."""
+    if cfg.grad_clip is None:
+        return FORCE_GRAD_CLIP if cfg.force_weight > 0 else None
+    return cfg.grad_clip or None
+
 
 class EpochSummary(L.Callback):
     """One line per epoch: validation MAE in reporting units, elapsed time and ETA of the whole run."""
@@ -91,6 +104,8 @@ class EpochSummary(L.Callback):
         done = trainer.current_epoch + 1
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(1, done - self.first_epoch) * (trainer.max_epochs - done)
+        if pl_module.budget is not None:  # a budget-limited run ends when its budget is spent
+            eta = min(eta, max(0.0, pl_module.budget.budget_s - pl_module.budget.elapsed_s()))
         maes = ", ".join(
             f"{n} {float(trainer.callback_metrics[metric_name('val', n, u)]):.4g} {u}"
             for n, u in self.names_units if metric_name("val", n, u) in trainer.callback_metrics
@@ -226,19 +241,26 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
                 part += 1
             os.replace(log, run_dir / "logs" / f"metrics.part{part}.csv")
 
-    mean, scale = target_statistics(dm.dataset, dm.split["train"])
+    mean, scale = target_statistics(dm.dataset, dm.split["train"], cfg.energy_scale)
     names, units = dm.dataset.target_names, dm.dataset.target_units
     force_unit = dm.dataset.force_unit if dm.dataset.forces is not None else None
     max_atoms = int(dm.dataset.n_atoms[dm.split["train"]].max())
     module = PropertyModule(cfg, names, units, mean, scale, force_unit=force_unit, max_atoms_train=max_atoms)
     ckpt_cb = AtomicCheckpoint(run_dir / CHECKPOINT_DIR)
     shown = list(zip(names, units)) + ([(FORCE_NAME, force_unit)] if force_unit else [])
-    callbacks = [ckpt_cb, EpochSummary(shown)]
+    lr_control = LrControl(
+        plateau=PlateauScale(cfg.plateau_factor, cfg.plateau_patience) if cfg.schedule == "plateau" else None,
+        guard=cfg.divergence_guard, forces_metric=metric_name("val", FORCE_NAME, force_unit) if force_unit else None,
+        force_floor=zero_force_mae(dm.dataset, dm.split["val"]))
+    callbacks = [lr_control, ckpt_cb, EpochSummary(shown),  # the guard acts before the epoch's checkpoint
+                 L.pytorch.callbacks.LearningRateMonitor(logging_interval="epoch")]
+    if cfg.ema_decay is not None:
+        callbacks.insert(0, weight_averaging(cfg.ema_decay))
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=accelerator, devices=cfg.devices, strategy=cfg.strategy,
-        num_nodes=cfg.num_nodes, gradient_clip_val=cfg.grad_clip, enable_checkpointing=False, num_sanity_val_steps=0,
+        num_nodes=cfg.num_nodes, gradient_clip_val=effective_grad_clip(cfg), enable_checkpointing=False, num_sanity_val_steps=0,
         plugins=[SafeCheckpointIO()],  # resume loads weights-only whatever the environment says; atomic writes
         logger=L.pytorch.loggers.CSVLogger(str(run_dir), name="", version="logs"),
         callbacks=callbacks, enable_progress_bar=cfg.progress, enable_model_summary=False,
@@ -267,8 +289,17 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
                    "targets": dict(zip(names, units))}
         if force_unit:
             summary["forces_unit"] = force_unit
+        summary["epochs_run"] = trainer.current_epoch
+        if module.budget is not None:
+            summary["time_budget_min"] = cfg.time_budget_min
+            summary["training_time_s"] = round(module.budget.elapsed_s(), 1)
+        summary["stopped_by"] = ("time_budget_min" if module.budget is not None and module.budget.exhausted()
+                                 else "epochs")
+        if module.lr_scale != 1.0:
+            summary["lr_scale"] = module.lr_scale  # lowered by plateaus or the divergence guard
         if trainer.world_size > 1:
             trainer.strategy.barrier()  # rank 0 has moved best.ckpt into place
+        detach_weight_averaging(trainer)  # the best checkpoint already holds the averaged weights
         best = load_checkpoint(run_dir, "best")
         module.load_state_dict(best["state_dict"])
         val = trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)[0]
