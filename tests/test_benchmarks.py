@@ -104,3 +104,128 @@ def test_gpu_without_a_gpu_needs_quick(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _load("gpu").main(["--no-train"]) == 2
     assert "no CUDA GPU; `--quick`" in capsys.readouterr().err
+
+
+# --- benchmarks/time_to_accuracy.py (ours vs MACE at equal wall-clock budgets) ---
+
+def _tta_quick_args(tmp_path, *extra):
+    return ["--quick", "--preset", "rmd17-cpu", "--threads", "1", "--out", str(tmp_path / "tta"),
+            "--set", "hidden=16", "n_layers=2", "n_rbf=8", *extra]
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_quick_tables_ours_says_mace_is_missing_and_resumes(tmp_path, monkeypatch, capsys):
+    from pairreg.training import run as run_mod
+    from pairreg.training import schedules
+
+    tta = _load("time_to_accuracy")
+    ticks = {"now": 0.0}
+
+    def fake_clock():  # every reading advances 0.5 s: the 12 s budget ends after a few steps on any machine
+        ticks["now"] += 0.5
+        return ticks["now"]
+
+    monkeypatch.setattr(schedules, "clock", fake_clock)
+    missing = tmp_path / "no-mace" / "python"
+    assert tta.main(_tta_quick_args(tmp_path, "--mace-python", str(missing))) == 0
+    out = tmp_path / "tta"
+    table = (out / "table.md").read_text()
+    assert f"MACE: not run: --mace-python {missing} does not exist" in table
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if re.match(r"\| (ethanol|aspirin) \|", line)]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("ethanol", "0.2"), ("aspirin", "0.2")]
+    for r in rows:
+        ours = [float(v) for v in r[2:5]]  # E (meV), F (meV/Å), training minutes
+        assert all(np.isfinite(v) and v > 0 for v in ours) and [v.strip() for v in r[5:]] == ["–"] * 5
+    assert (out / "mae_vs_time.png").stat().st_size > 0
+    cell = json.loads((out / "cells" / "ethanol-0.2min-ours.json").read_text())
+    assert cell["frames"] == {"train": 57, "val": 3, "test": 20}  # the fixture's official-1 split, all test frames
+    assert cell["stopped_by"] == "time_budget_min" and cell["settings"]["time_budget_min"] == 0.2
+
+    # a run interrupted after its checkpoints resumes (its budget is spent: nothing more to train) and gives
+    # the same test numbers from the same best checkpoint
+    (out / "cells" / "ethanol-0.2min-ours.json").unlink()
+    (out / "runs" / "ethanol-0.2min-ours" / "metrics.json").unlink()
+    assert tta.main(_tta_quick_args(tmp_path)) == 0
+    again = json.loads((out / "cells" / "ethanol-0.2min-ours.json").read_text())
+    assert again["energy_mae_meV"] == cell["energy_mae_meV"] and again["training_time_s"] >= 12.0
+
+    # a second sitting runs nothing again; other settings in the same --out are refused in one line
+    def no_training(*a, **k):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(run_mod, "train", no_training)
+    before = {p.name: p.read_text() for p in (out / "cells").iterdir()}
+    capsys.readouterr()
+    assert tta.main(_tta_quick_args(tmp_path)) == 0
+    assert {p.name: p.read_text() for p in (out / "cells").iterdir()} == before
+    assert tta.main(_tta_quick_args(tmp_path, "lr=3e-3")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("time_to_accuracy: error: ") and "other settings" in err and "'lr'" in err
+
+
+def test_time_to_accuracy_mace_xyz_is_the_official_split_in_eV(tmp_path):
+    import ase.io
+
+    from pairreg import units
+    from pairreg.data import rmd17
+
+    tta = _load("time_to_accuracy")
+    args = tta.parse_args(["--quick", "--out", str(tmp_path)])
+    files = tta.mace_data(args, "ethanol", split_seed=0)
+    ds, idx = rmd17.load_rmd17("ethanol", "official-1", tta.FIXTURE)
+    for part, key in (("train", "train"), ("val", "val"), ("test", "test")):
+        frames = ase.io.read(files[part], index=":")
+        assert len(frames) == len(idx[key])
+        for atoms, row in zip(frames, idx[key]):
+            z, pos = ds.atoms(row)
+            np.testing.assert_array_equal(atoms.numbers, z)
+            np.testing.assert_allclose(atoms.positions, pos, atol=1e-8)
+            assert atoms.info["REF_energy"] == pytest.approx(ds.y[row, 0] / 1000, rel=1e-14)  # meV -> eV
+    # straight from the npz file: the test file's frames in order, kcal/mol and kcal/mol/Å to eV and eV/Å
+    with np.load(tta.FIXTURE / "rmd17_ethanol_test_01.npz") as raw:
+        test = ase.io.read(files["test"], index=":")
+        kcal = units.factor("kcal/mol", "eV")
+        assert kcal == pytest.approx(0.0433641, rel=1e-6)
+        np.testing.assert_allclose([a.info["REF_energy"] for a in test], raw["energies"] * kcal, rtol=1e-14)
+        np.testing.assert_allclose(np.stack([a.arrays["REF_forces"] for a in test]), raw["forces"] * kcal, atol=1e-8)
+
+
+def test_time_to_accuracy_mace_maes_are_in_meV_and_check_frame_order():
+    from pairreg.data import rmd17
+
+    tta = _load("time_to_accuracy")
+    ds, idx = rmd17.load_rmd17("ethanol", "official-1", tta.FIXTURE)
+    rows = idx["test"]
+    pos = np.stack([ds.atoms(i)[1] for i in rows])
+    forces = np.stack([ds.forces[ds.offsets[i]:ds.offsets[i + 1]] for i in rows])
+    pred = {"energies_eV": ds.y[rows, 0] / 1000 + 0.002, "forces_eV_per_A": forces / 1000 - 0.001, "positions_A": pos}
+    e, f = tta.mace_test_mae(pred, ds, rows)
+    assert e == pytest.approx(2.0, rel=1e-6) and f == pytest.approx(1.0, rel=1e-6)  # meV, meV/Å
+    with pytest.raises(tta.BenchError, match="order"):
+        tta.mace_test_mae({**pred, "positions_A": pos[::-1]}, ds, rows)
+
+
+MACE_LOG = """\
+2026-11-27 19:21:11.389 INFO: Stage Two (after 1 epochs) with loss function: ...
+2026-11-27 19:21:11.884 INFO: Started training, reporting errors on validation set
+2026-11-27 19:21:13.019 INFO: Initial: head: Default, loss=49.0, MAE_E=  176.76 meV, MAE_F=  939.56 meV / A
+2026-11-27 19:21:31.884 INFO: Epoch 0: head: Default, loss=20.9, MAE_E= 3119.14 meV, MAE_F=  606.58 meV / A
+2026-11-27 19:21:43.884 INFO: Epoch 1: head: Default, loss=25.5, MAE_E= 7028.16 meV, MAE_F=  612.18 meV / A
+2026-11-27 19:21:48.059 INFO: Changing loss based on Stage Two Weights
+2026-11-27 19:21:55.884 INFO: Epoch 2: head: Default, loss=9.96, MAE_E= 6778.32 meV, MAE_F=  420.67 meV / A
+2026-11-27 19:21:58.149 INFO: ===========RESULTS===========
+"""
+
+
+def test_time_to_accuracy_plans_mace_epochs_from_its_log():
+    tta = _load("time_to_accuracy")
+    probe = tta.parse_mace_log("some warning line\n" + MACE_LOG)
+    assert probe["epochs"] == 3 and probe["epoch_end_s"] == [20.0, 32.0, 44.0] and probe["training_s"] == 44.0
+    # 12 s per epoch after the first, 8 s fixed (initial validation, first-epoch extra): 60 s fit 4 epochs
+    assert tta.plan_epochs(probe, 60.0) == 4 and tta.plan_epochs(probe, 600.0) == 49 and tta.plan_epochs(probe, 5.0) == 1
+    files = {"train": "t.xyz", "val": "v.xyz"}
+    many = tta.mace_command("py", files, Path("w"), "m", 29, 123, ["--lr", "0.005"])
+    assert "--stage_two" in many and many[many.index("--max_num_epochs") + 1] == "29" and many[-2:] == ["--lr", "0.005"]
+    assert "--stage_two" not in tta.mace_command("py", files, Path("w"), "m", 1, 123, [])  # MACE refuses start >= epochs
+    with pytest.raises(tta.BenchError, match="Started training"):
+        tta.parse_mace_log("2026-11-27 19:21:11.884 INFO: Loading data\n")
