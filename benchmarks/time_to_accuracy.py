@@ -26,6 +26,10 @@ For every molecule (``--molecule``, default ethanol and aspirin) and budget (``-
   totals near -4,200 eV (ethanol) or -17,600 eV (aspirin) are not rounded to float32's 0.5 / 2 meV
   spacing (``--mace-eval-dtype float32`` evaluates as trained).
 
+MACE's venv (outside the repository; torch pinned first, mace-torch 0.3.16 asks only torch>=1.12, so pip keeps it):
+``python3 -m venv /work/mace-venv && /work/mace-venv/bin/pip install torch==2.13.0 &&
+/work/mace-venv/bin/pip install mace-torch``.
+
 MACE's input is extended XYZ in eV and eV/Å written from ``pairreg.data.rmd17.load_rmd17`` (the
 same rows our run trains on, with the same ``split_seed``; each run's ``split.npz`` is checked
 against them). Units go through ``pairreg.units`` (1 kcal/mol = 43.364 meV).
