@@ -19,12 +19,13 @@ Usage (here, where qm9pack is installed; the first run parses its CSVs, ~40 s, t
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from pairreg.atomic import write_atomic
 
 FORMAT = "pairreg-qm9-compact-1"
 KEYS = ("z", "pos_A", "n_atoms", "y", "mol_ids", "target_names", "target_units", "format")
@@ -45,14 +46,9 @@ def save_compact(ds, path: str | Path) -> Path:
         "y": ds.y.astype(np.float64), "mol_ids": np.asarray(ds.mol_ids).astype(np.int32),
         "target_names": np.array(ds.target_names), "target_units": np.array(ds.target_units), "format": np.array(FORMAT),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())  # never a half-written file, temp file removed on failure
     return path
 
 

@@ -28,13 +28,14 @@ CANDIDATES = {
     "probe-l1": ("rmd17-1h", ["n_layers=4", "energy_loss=l1", "forces_loss=l1", "energy_scale=mad", "force_weight=100",
                               "ema_decay=null", "stage2_frac=null", "warmup_frac=0.0"]),
     "mse-rms": ("rmd17-1h", ["n_layers=4", "stage2_frac=null"]),
+    "mse-rms-stage2-L4-none": ("rmd17-1h", ["n_layers=4", "mitigation=none"]),
+    "mse-rms-stage2-L4-residual": ("rmd17-1h", ["n_layers=4", "mitigation=residual"]),
     "mse-rms-stage2": ("rmd17-1h", ["n_layers=4"]),
     "mse-rms-stage2-L6": ("rmd17-1h", []),
+    "mse-rms-stage2-L6-none": ("rmd17-1h", ["mitigation=none"]),
     "mse-rms-stage2-L6-lr2e-3": ("rmd17-1h", ["lr=2e-3"]),
     "mse-rms-stage2-L6-fw100": ("rmd17-1h", ["force_weight=100", "stage2_energy_weight=1000"]),
-    "mse-rms-stage2-L6-h96": ("rmd17-1h", ["hidden=96"]),
-    "mse-rms-stage2-L6-b8": ("rmd17-1h", ["batch_size=8", "lr=2e-3"]),
-    "mse-rms-stage2-L6-none": ("rmd17-1h", ["mitigation=none"]),
+    "mse-rms-stage2-L6-bessel": ("rmd17-1h", ["rbf=bessel", "n_rbf=8", "cutoff_A=5.0"]),
 }
 
 

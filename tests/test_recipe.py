@@ -227,3 +227,20 @@ def test_budget_presets_train_on_the_bundled_data_and_stop_on_budget(preset, tmp
     summary = train(cfg)
     assert summary["stopped_by"] == "time_budget_min" and summary["epochs_run"] == 1
     assert math.isfinite(summary["test"]["test/forces_mae_meV_per_Angstrom"])
+
+
+def test_a_nan_validation_after_a_good_epoch_is_rolled_back_not_a_stop(tmp_path, monkeypatch, capsys):
+    from pairreg.training.module import PropertyModule
+
+    def poison(self):  # just before epoch 3's validation: its predictions are NaN
+        if self.current_epoch == 2 and self.trainer.state.fn == "fit":
+            with torch.no_grad():
+                self.model.graph_head[-1].weight.fill_(float("nan"))
+
+    monkeypatch.setattr(PropertyModule, "on_validation_epoch_start", poison, raising=False)
+    summary = train(_cfg(tmp_path, "nanval", "epochs=3", "batch_size=8", "force_weight=1"))
+    assert "divergence guard: epoch 3: val/mae_std is nan" in capsys.readouterr().err
+    last = load_checkpoint(tmp_path / "nanval", "last")
+    assert last["epoch"] == 2 and all(torch.isfinite(v).all() for v in last["state_dict"].values()
+                                      if v.is_floating_point())
+    assert math.isfinite(summary["val"]["val/energy_mae_meV"])

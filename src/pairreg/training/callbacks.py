@@ -61,6 +61,7 @@ class LrControl(L.Callback):
         self.best_forces = math.inf
         self.good_state = None
         self.rollbacks = 0
+        self.rolled_back_epoch = None  # the epoch whose validation was just undone (read by AtomicCheckpoint)
 
     def state_dict(self):
         return {"best": self.best, "best_epoch": self.best_epoch, "best_forces": self.best_forces,
@@ -113,6 +114,7 @@ class LrControl(L.Callback):
             raise DivergenceError(f"epoch {epoch}: training diverged again ({reason}) after {MAX_ROLLBACKS} "
                                   "rollbacks; lower lr or set grad_clip and start again")
         pl_module.load_state_dict(self.good_state)
+        self.rolled_back_epoch = trainer.current_epoch
         for cb in trainer.callbacks:  # the weight average restarts from the restored weights
             if isinstance(cb, WeightAveraging) and cb._average_model is not None:
                 cb._average_model.module.load_state_dict(self.good_state)

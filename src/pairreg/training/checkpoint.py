@@ -122,9 +122,9 @@ class AtomicCheckpoint(L.Callback):
 
 
 def _rolled_back(trainer) -> bool:
-    """A divergence guard before this callback (``guard`` on, holding a good state) has already restored
-    good weights after this non-finite score: then the epoch's checkpoint is written, not a stop."""
-    return any(getattr(cb, "guard", False) and getattr(cb, "good_state", None) is not None for cb in trainer.callbacks)
+    """The divergence guard (training/callbacks.LrControl, which runs before this callback) has already
+    restored good weights after this epoch's non-finite score: then the epoch's checkpoint is written, not a stop."""
+    return any(getattr(cb, "rolled_back_epoch", None) == trainer.current_epoch for cb in trainer.callbacks)
 
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:
