@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -64,8 +65,6 @@ def main(argv=None) -> int:
         run = out / name
         if not (run / "metrics.json").is_file():
             if run.exists():  # an interrupted candidate: start it again (budget runs are not resumed)
-                import shutil
-
                 shutil.rmtree(run)
             cfg = load_config(preset, [*over, *args.set, f"molecule={args.molecule}",
                                        f"data_root={args.data_root or 'bundled'}", f"time_budget_min={args.budget}",

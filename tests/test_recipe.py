@@ -7,6 +7,8 @@ fast this machine is.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -144,16 +146,11 @@ def test_ema_checkpoints_hold_the_averaged_weights_and_the_summary_uses_them(tmp
     assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if averaged[k].is_floating_point())
     from pairreg.cli.main import main
 
-    out = tmp_path / "eval.json"
-    import contextlib
-    import io
-
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.redirect_stdout(buf):  # `pairreg evaluate` of the saved checkpoint = the in-training value
         assert main(["evaluate", str(tmp_path / "ema"), "--split", "val", "--json"]) == 0
     mae = json.loads(buf.getvalue())["mae"]["energy"]["value"]
     assert mae == pytest.approx(summary["val"]["val/energy_mae_meV"], rel=1e-5)
-    del out
 
 
 def test_stage_two_raises_the_energy_weight_from_its_fraction_on(tmp_path):
