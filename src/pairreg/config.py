@@ -251,14 +251,10 @@ def count_parameters(cfg: Config) -> int:
     """Exact number of trainable parameters of ``cfg``'s model, built on the meta device (no memory)."""
     import torch
 
-    from .models import MoleculeModel
+    from .models.model import build_model
 
-    with torch.device("meta"):  # same arguments as training.module.build_model (a test checks the counts agree)
-        model = MoleculeModel(
-            n_targets=len(cfg.targets), hidden=cfg.hidden, n_layers=cfg.n_layers, mitigation=cfg.mitigation,
-            mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
-            n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, rbf=cfg.rbf, cutoff_A=cfg.cutoff_A,
-        )
+    with torch.device("meta"):
+        model = build_model(cfg)
     return sum(p.numel() for p in model.parameters())
 
 

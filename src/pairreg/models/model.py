@@ -180,3 +180,14 @@ class MoleculeModel(nn.Module):
 
     def extra_loss(self, record):
         return self.mitigation.extra_loss(record, record.graph)
+
+
+def build_model(cfg, target_mean=None, target_scale=None) -> MoleculeModel:
+    """The :class:`MoleculeModel` a :class:`pairreg.config.Config` describes (the one place that maps
+    config keys to model arguments: training, checkpoint loading and the config's size check use it)."""
+    return MoleculeModel(
+        n_targets=len(cfg.targets), hidden=cfg.hidden, n_layers=cfg.n_layers, mitigation=cfg.mitigation,
+        mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
+        n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, rbf=cfg.rbf, cutoff_A=cfg.cutoff_A,
+        target_mean=target_mean, target_scale=target_scale,
+    )

@@ -9,20 +9,11 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..models import MoleculeModel
+from ..models.model import build_model  # noqa: F401  (re-exported: checkpoint.py and tests use it here)
 from .losses import NonFiniteLossError, force_loss, total_loss
 from .schedules import PlateauScale, WallBudget, lr_factor, lr_factor_at  # noqa: F401  (lr_factor re-exported)
 
 FORCE_NAME = "forces"
-
-
-def build_model(cfg: Config, target_mean=None, target_scale=None) -> MoleculeModel:
-    return MoleculeModel(
-        n_targets=len(cfg.targets), hidden=cfg.hidden, n_layers=cfg.n_layers, mitigation=cfg.mitigation,
-        mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
-        n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, rbf=cfg.rbf, cutoff_A=cfg.cutoff_A,
-        target_mean=target_mean, target_scale=target_scale,
-    )
 
 
 def metric_name(split: str, target: str, unit: str) -> str:
