@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..config import ConfigError, load_config
-from ..training.run import RESUME_OVERRIDABLE, resume_config, train, write_atomic
+from ..training.run import RESUME_OVERRIDABLE, resume_config, train
 from .studies import Cell, Study, layers
 
 PROBE_MOLECULES = 100  # first test molecules/frames on which per-layer oversmoothing measures are taken

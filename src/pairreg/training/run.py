@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from .. import __version__
-from ..atomic import make_dirs, write_atomic, write_error  # noqa: F401 (write_atomic: bench uses it from here)
+from ..atomic import make_dirs, write_atomic, write_error
 from ..config import Config, ConfigError, config_from_dict, dump_yaml
 from ..devices import lightning_accelerator
 from .checkpoint import (CHECKPOINT_DIR, RESUME_KEYS, AtomicCheckpoint, CheckpointError, SafeCheckpointIO,
