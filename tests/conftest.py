@@ -14,3 +14,23 @@ def qm9_sample_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PAIRREG_QM9_SOURCE", str(QM9_SAMPLE))
     monkeypatch.setenv("PAIRREG_CACHE", str(tmp_path / "cache"))
     return tmp_path
+
+
+RMD17_FIXTURE = FIXTURES / "rmd17"
+
+
+@pytest.fixture(scope="session")
+def rmd17_run(tmp_path_factory) -> Path:
+    """A finished tiny ethanol energy + forces run (2 epochs, EMA on) on the rMD17 fixture; read-only for tests.
+
+    Shared by the calculator, MD, ensemble and fine-tuning tests, which need a real checkpoint of a model
+    trained with forces but not a good one.
+    """
+    from pairreg.cli.main import main
+
+    out = tmp_path_factory.mktemp("rmd17-runs")
+    args = ["train", "--out", str(out), "--set", "dataset=rmd17", "molecule=ethanol", f"data_root={RMD17_FIXTURE}",
+            "targets=energy", "hidden=16", "n_layers=2", "n_rbf=8", "rbf_max_A=5", "force_weight=10",
+            "ema_decay=0.9", "batch_size=8", "epochs=2", "progress=false", "threads=1", "seed=3", "name=ethanol"]
+    assert main(args) == 0
+    return out / "ethanol"
