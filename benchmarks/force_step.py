@@ -28,6 +28,7 @@ from pairreg.data.rmd17 import load_rmd17
 from pairreg.models.model import build_model
 from pairreg.training.datamodule import target_statistics
 from pairreg.training.losses import force_loss, total_loss
+from pairreg.training.module import build_optimizer
 
 PHASES = ("batch", "forward", "force_grad", "backward", "optimizer")
 
@@ -49,7 +50,7 @@ def force_training_loss(model, cfg, b, y_std, forces_std, record) -> torch.Tenso
 
 def time_force_steps(model, cfg, ds, train_idx, n_steps: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per phase for each timed step of force training."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = build_optimizer(cfg, model.parameters())
     times = {p: [] for p in PHASES}
     for k, idx in enumerate(batches(ds, train_idx, cfg.batch_size, warmup + n_steps)):
         t0 = time.perf_counter()
@@ -74,7 +75,7 @@ def time_force_steps(model, cfg, ds, train_idx, n_steps: int, warmup: int) -> di
 
 def time_energy_steps(model, cfg, ds, train_idx, n_steps: int, warmup: int) -> list[float]:
     """Seconds per energy-only step (collate, forward, backward, optimiser) of the same model."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = build_optimizer(cfg, model.parameters())
     out = []
     for k, idx in enumerate(batches(ds, train_idx, cfg.batch_size, warmup + n_steps, seed=1)):
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ fast this machine is.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -20,6 +21,7 @@ import torch
 from pairreg.config import ConfigError, load_config
 from pairreg.training import schedules
 from pairreg.training.checkpoint import load_checkpoint
+from pairreg.models.model import build_model
 from pairreg.training.losses import elementwise_loss
 from pairreg.training.run import FORCE_GRAD_CLIP, effective_grad_clip, train
 
@@ -241,3 +243,23 @@ def test_a_nan_validation_after_a_good_epoch_is_rolled_back_not_a_stop(tmp_path,
     assert last["epoch"] == 2 and all(torch.isfinite(v).all() for v in last["state_dict"].values()
                                       if v.is_floating_point())
     assert math.isfinite(summary["val"]["val/energy_mae_meV"])
+
+
+def test_the_optimiser_is_fused_and_updates_like_the_plain_loop():
+    from pairreg.training.module import build_optimizer
+
+    cfg = load_config("rmd17-1h", ["n_layers=2", "hidden=16", "n_rbf=8", "data_root=bundled"])
+    torch.manual_seed(0)
+    a = build_model(cfg)
+    b = copy.deepcopy(a)
+    opt_a = build_optimizer(cfg, a.parameters())
+    opt_b = torch.optim.Adam(b.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
+    assert opt_a.defaults["fused"] is True and not opt_b.defaults["fused"]
+    for step in range(5):
+        grads = [torch.randn_like(p) for p in a.parameters()]
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)

@@ -31,6 +31,19 @@ def parse_metric_name(key: str) -> tuple[str, str, str] | None:
     return split, target, unit.replace("_per_", "/")
 
 
+def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    """Adam or AdamW, fused into one kernel per step where PyTorch has one (CPU and CUDA, float weights).
+
+    The default for-loop implementation updates each of the model's ~120 tensors with its own small ops:
+    10 ms of a 6-layer, width-64 model's force-training step on one CPU core, against 1.8 ms fused
+    (benchmarks/force_step.py); the update rule is the same.
+    """
+    params = list(params)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
 class PropertyModule(L.LightningModule):
     """Trains a :class:`MoleculeModel` on graph-level targets.
 
@@ -128,8 +141,7 @@ class PropertyModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.cfg
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        opt = opt_cls(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = build_optimizer(cfg, (p for p in self.parameters() if p.requires_grad))  # frozen layers left out
         total = self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         if self.budget is not None:  # warm-up and decay on the fraction of the time budget spent
             def factor(step):
