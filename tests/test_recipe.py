@@ -263,3 +263,12 @@ def test_the_optimiser_is_fused_and_updates_like_the_plain_loop():
             opt.step()
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_qm9_budget_preset_trains_on_the_sample_and_stops_on_budget(qm9_sample_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(schedules, "clock", FakeClock(60.0))  # one fake minute per reading: a 60-minute budget
+    cfg = load_config("qm9-1h", ["threads=1", "progress=false", f"out={tmp_path}", "name=q", "batch_size=16"])
+    assert cfg.time_budget_min == 60 and cfg.ema_decay and cfg.dataset == "qm9"
+    summary = train(cfg)
+    assert summary["stopped_by"] == "time_budget_min"
+    assert math.isfinite(summary["test"]["test/homo_mae_meV"])
