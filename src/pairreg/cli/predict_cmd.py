@@ -1,6 +1,8 @@
-"""``pairreg predict FILE ... [--checkpoint RUN_DIR_OR_CKPT] [--json|--csv]``.
+"""``pairreg predict FILE ... [--checkpoint RUN_DIR_OR_CKPT ...] [--json|--csv]``.
 
 Without ``--checkpoint`` the pretrained model shipped in ``pairreg/pretrained/`` is used, if there is one.
+Several checkpoints are an ensemble: each target is the mean over the models, beside a ``<target>_std_<unit>``
+column, their standard deviation (ddof 0): a per-molecule uncertainty.
 Which model is used (and its test MAE, when known) is printed on stderr, so stdout stays machine-readable.
 """
 
@@ -25,7 +27,9 @@ NO_PRETRAINED = ("no --checkpoint given and no pretrained model is shipped with 
 def add_parser(sub):
     p = sub.add_parser("predict", help="predict properties of molecules in XYZ/extXYZ/SDF/MOL files")
     p.add_argument("files", nargs="+", help="molecule files (.xyz, .extxyz, .sdf, .mol; one or many molecules each)")
-    p.add_argument("--checkpoint", help="run directory or .ckpt file (default: the shipped pretrained model)")
+    p.add_argument("--checkpoint", nargs="+", metavar="RUN_DIR_OR_CKPT",
+                   help="run directory or .ckpt file (default: the shipped pretrained model); several: an ensemble, "
+                        "mean and spread (standard deviation over the models) per target")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
                    help="where the model runs: auto = the CUDA GPU when PyTorch sees one, else the CPU (default auto)")
     p.add_argument("--max-atoms", type=_atom_limit, default=DEFAULT_MAX_ATOMS, metavar="N",
@@ -111,16 +115,30 @@ def run(args) -> int:
     from ..training.checkpoint import load_model
 
     with contextlib.ExitStack() as stack:
-        checkpoint = args.checkpoint
-        if checkpoint is None:  # a packaged resource may live in a zip: get a real file for torch.load
-            checkpoint = stack.enter_context(resources.as_file(pretrained_checkpoint()))
-        model, info = load_model(checkpoint)
-    model.to(torch_device(args.accelerator))
-    print(f"pairreg predict: {describe_model(info)}", file=sys.stderr)
-    rows = predict_molecules(model, molecules, info["target_names"], info["target_units"],
-                             max_atoms_train=info.get("max_atoms_train"), warn=warn)
+        checkpoints = args.checkpoint
+        if checkpoints is None:  # a packaged resource may live in a zip: get a real file for torch.load
+            checkpoints = [stack.enter_context(resources.as_file(pretrained_checkpoint()))]
+        loaded = [load_model(checkpoint) for checkpoint in checkpoints]
+    infos = [info for _, info in loaded]
+    check_same_targets(infos)
+    names, units = infos[0]["target_names"], infos[0]["target_units"]
+    shown = set()  # the same warning once, not once per ensemble member
+
+    def warn_once(message):
+        if message not in shown:
+            shown.add(message)
+            warn(message)
+
+    per_model = []
+    for model, info in loaded:
+        model.to(torch_device(args.accelerator))
+        print(f"pairreg predict: {describe_model(info)}", file=sys.stderr)
+        per_model.append(predict_molecules(model, molecules, names, units,
+                                           max_atoms_train=info.get("max_atoms_train"), warn=warn_once))
+    rows = per_model[0] if len(per_model) == 1 else ensemble_rows(per_model, names, units)
     if args.json:  # predict_molecules refuses non-finite values; allow_nan=False keeps a bare NaN out regardless
-        print(json.dumps({"checkpoint": info["path"], "predictions": rows}, indent=2, allow_nan=False))
+        where = {"checkpoint": infos[0]["path"]} if len(infos) == 1 else {"checkpoints": [i["path"] for i in infos]}
+        print(json.dumps({**where, "predictions": rows}, indent=2, allow_nan=False))
     elif args.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -131,3 +149,32 @@ def run(args) -> int:
         for r in rows:
             print(f"{r['source']}\t{r['formula']}\t" + "\t".join(f"{r[k]:.6g}" for k in keys))
     return 0
+
+
+def check_same_targets(infos) -> None:
+    """An ensemble's checkpoints predict the same targets in the same units; InputError naming two that do not."""
+    from ..data.readers import InputError
+
+    def described(info):
+        return ", ".join(f"{n} [{u}]" for n, u in zip(info["target_names"], info["target_units"]))
+
+    for info in infos[1:]:
+        if (info["target_names"], info["target_units"]) != (infos[0]["target_names"], infos[0]["target_units"]):
+            raise InputError(f"an ensemble needs the same targets and units: {infos[0]['path']} predicts "
+                             f"{described(infos[0])} but {info['path']} predicts {described(info)}")
+
+
+def ensemble_rows(per_model: list[list[dict]], names, units) -> list[dict]:
+    """Rows of several models' predictions (same molecules) → one row each: the mean per target and, after it,
+    ``<target>_std_<unit>``, the standard deviation over the models (ddof 0)."""
+    import numpy as np
+
+    rows = []
+    for members in zip(*per_model):
+        row = {k: members[0][k] for k in ("source", "formula", "n_atoms")}
+        for name, unit in zip(names, units):
+            values = np.array([m[f"{name}_{unit}"] for m in members])
+            row[f"{name}_{unit}"] = float(values.mean())
+            row[f"{name}_std_{unit}"] = float(values.std())
+        rows.append(row)
+    return rows
