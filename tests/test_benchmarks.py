@@ -229,3 +229,47 @@ def test_time_to_accuracy_plans_mace_epochs_from_its_log():
     assert "--stage_two" not in tta.mace_command("py", files, Path("w"), "m", 1, 123, [])  # MACE refuses start >= epochs
     with pytest.raises(tta.BenchError, match="Started training"):
         tta.parse_mace_log("2026-11-27 19:21:11.884 INFO: Loading data\n")
+
+
+# --- benchmarks/md_stability.py (MD of trained rMD17 models: drift, breakage, distances) ---
+
+@pytest.mark.slow
+def test_md_stability_quick_tables_both_thermostats_plots_and_resumes(rmd17_run, tmp_path, capsys):
+    from conftest import RMD17_FIXTURE
+
+    md = _load("md_stability")
+    out = tmp_path / "md"
+    args = ["--quick", str(rmd17_run), "--data-root", str(RMD17_FIXTURE), "--out", str(out), "--no-progress"]
+    assert md.main(args) == 0
+    table = (out / "table.md").read_text()
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith(f"| {rmd17_run.name} |")]
+    assert [(r[1].strip(), r[3].strip()) for r in rows] == [("ethanol", "nve"), ("ethanol", "langevin")]
+    for r in rows:
+        assert r[5].strip() == "no"  # 10 steps of 0.5 fs: nothing breaks
+        assert all(np.isfinite(float(v)) and float(v) > 0 for v in (r[6], r[7], r[8]))  # force, distance, ps/h
+    assert "not conserved" in rows[1][4] and "not conserved" not in rows[0][4]
+    assert table in capsys.readouterr().out
+    assert (out / "distances.png").stat().st_size > 0
+    runs = sorted((out / "runs").glob("*.json"))
+    assert len(runs) == 2
+    record = json.loads(runs[0].read_text())
+    assert record["steps_run"] == record["settings"]["steps"] == 10 and record["fell_apart"] is None
+    assert len(list((out / "traj").glob("*.extxyz"))) == 2
+    # a second call reuses the finished runs; other settings run again
+    assert md.main(args) == 0
+    assert capsys.readouterr().err.count("finished earlier, not run again") == 2
+    assert md.main(args + ["--seed", "5", "--thermostats", "nve"]) == 0
+    assert "finished earlier" not in capsys.readouterr().err
+
+
+def test_md_stability_settings_and_start_frames():
+    md = _load("md_stability")
+    full = md.parse_args(["ckpt"])
+    assert (full.ps, full.frames, full.steps, full.log_every, full.thermostats) == (10.0, 3, 20000, 20, ["nve", "langevin"])
+    quick = md.parse_args(["--quick", "ckpt"])
+    assert quick.frames == 1 and quick.steps <= 20 and quick.test_frames_hist == 20
+    assert md.start_rows(1000, 3) == [0, 500, 999] and md.start_rows(2, 5) == [0, 1]
+    with pytest.raises(md.BenchError, match="--timestep-fs"):
+        md.parse_args(["ckpt", "--timestep-fs", "0"])
+    d = md.pair_distances_A([np.array([[0.0, 0, 0], [1.0, 0, 0], [1.0, 2.0, 0]])])
+    np.testing.assert_allclose(sorted(d), [1.0, 2.0, np.sqrt(5.0)])

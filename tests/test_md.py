@@ -50,7 +50,7 @@ def test_falling_apart_is_a_stretched_starting_bond_or_atoms_too_close():
     assert stability.why_apart(Z_WATER, stretched, start) is None
     stretched[1] = [2.0, 0.0, 0.0]
     reason = stability.why_apart(Z_WATER, stretched, start)
-    assert reason.startswith("bond O1-H2 stretched to 2.00 Å, beyond 2 × its covalent-radius sum (1.94 Å)")
+    assert reason.startswith("bond O1-H2 stretched to 2.000 Å, beyond 2 × its covalent-radius sum (1.940 Å)")
     close = POS_WATER.copy()
     close[2] = [0.96, 0.4, 0.0]  # 0.4 Å from H2
     assert "atoms H2-H3 are 0.400 Å apart, closer than 0.5 Å" in stability.why_apart(Z_WATER, close, start)

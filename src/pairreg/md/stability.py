@@ -90,8 +90,8 @@ def why_apart(z: np.ndarray, pos: np.ndarray, start_bonds: set[tuple[int, int]])
     stretched = [(d[a, b] / limit[a, b], a, b) for a, b in start_bonds if d[a, b] > limit[a, b]]
     if stretched:
         _, a, b = max(stretched)
-        return (f"bond {pair_label(z, (a, b))} stretched to {d[a, b]:.2f} Å, beyond {APART_FACTOR:g} × its "
-                f"covalent-radius sum ({limit[a, b]:.2f} Å)")
+        return (f"bond {pair_label(z, (a, b))} stretched to {d[a, b]:.3f} Å, beyond {APART_FACTOR:g} × its "
+                f"covalent-radius sum ({limit[a, b]:.3f} Å)")
     return None
 
 
