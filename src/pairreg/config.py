@@ -103,6 +103,7 @@ class Config:
     threads: typing.Optional[int] = None  # torch intra-op threads on CPU (None: torch's default)
     num_workers: int = 0
     progress: bool = True
+    logger: str = "csv"  # csv: logs/metrics.csv | tensorboard: also TensorBoard event files in logs/tensorboard/
     eval_test: bool = True  # test the best-validation checkpoint at the end
     preset: typing.Optional[str] = None  # the preset this config came from (informational)
 
@@ -127,6 +128,7 @@ _CHOICES = {
     "accelerator": ("cpu", "gpu", "auto"),
     "dataset": ("qm9", "rmd17"),
     "strategy": ("auto", "ddp", "ddp_spawn"),
+    "logger": ("csv", "tensorboard"),
 }
 
 

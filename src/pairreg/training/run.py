@@ -26,6 +26,7 @@ from .checkpoint import (CHECKPOINT_DIR, RESUME_KEYS, AtomicCheckpoint, Checkpoi
                          check_model_state, load_checkpoint, model_state)
 from .callbacks import LrControl, detach_weight_averaging, weight_averaging
 from .datamodule import MoleculeDataModule, target_statistics, zero_force_mae
+from .loggers import run_loggers
 from .schedules import PlateauScale
 from .module import FORCE_NAME, PropertyModule, metric_name
 
@@ -262,7 +263,7 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
         max_epochs=cfg.epochs, accelerator=accelerator, devices=cfg.devices, strategy=cfg.strategy,
         num_nodes=cfg.num_nodes, gradient_clip_val=effective_grad_clip(cfg), enable_checkpointing=False, num_sanity_val_steps=0,
         plugins=[SafeCheckpointIO()],  # resume loads weights-only whatever the environment says; atomic writes
-        logger=L.pytorch.loggers.CSVLogger(str(run_dir), name="", version="logs"),
+        logger=run_loggers(cfg, run_dir),  # CSV, and TensorBoard with logger=tensorboard
         callbacks=callbacks, enable_progress_bar=cfg.progress, enable_model_summary=False,
         log_every_n_steps=10,
         inference_mode=False,  # validation needs autograd for forces (F = −∂E/∂x)
