@@ -260,6 +260,9 @@ def test_md_stability_quick_tables_both_thermostats_plots_and_resumes(rmd17_run,
     assert capsys.readouterr().err.count("finished earlier, not run again") == 2
     assert md.main(args + ["--seed", "5", "--thermostats", "nve"]) == 0
     assert "finished earlier" not in capsys.readouterr().err
+    assert md.main(args + ["--seed", "6", "--report"]) == 0  # --report runs nothing
+    assert capsys.readouterr().err.count("not run yet (--report: left out)") == 2
+    assert not list((out / "runs").glob("*frame*.json"))[3:]  # still the 3 runs made above
 
 
 def test_md_stability_settings_and_start_frames():
