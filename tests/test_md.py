@@ -274,11 +274,13 @@ def test_pairreg_md_runs_a_trained_model_and_reports(rmd17_run, tmp_path, capsys
     check.calc = PairregCalculator(str(rmd17_run))
     assert check.get_potential_energy() == pytest.approx(frames[2].get_potential_energy(), abs=1e-4)
     np.testing.assert_allclose(check.get_forces(), frames[2].get_forces(), atol=1e-4)
-    # text report, Langevin
-    assert main(args + ["--thermostat", "langevin", "--friction", "0.02"]) == 0
+    assert report["largest_energy_std_eV"] is None  # one model: no ensemble spread
+    # text report, Langevin, an ensemble (the same model twice: spread 0)
+    ensemble = args[:3] + [str(rmd17_run), str(rmd17_run)] + args[4:]
+    assert main(ensemble + ["--thermostat", "langevin", "--friction", "0.02"]) == 0
     text = capsys.readouterr().out
     assert "held together" in text and "friction 0.02 fs⁻¹" in text and "bond rule" in text
-    assert "simulated ps per hour" in text
+    assert "simulated ps per hour" in text and "ensemble spread     largest energy std 0 eV" in text
 
 
 def test_pairreg_md_falling_apart_is_one_error_line_and_keeps_the_trajectory(rmd17_run, tmp_path, capsys):
