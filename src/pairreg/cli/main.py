@@ -1,4 +1,4 @@
-"""Entry point: ``pairreg {train,evaluate,predict,diagnose,data,bench,export,md} ...``."""
+"""Entry point: ``pairreg {train,evaluate,predict,diagnose,data,bench,export,md,plot} ...``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pickle
 import re
 import sys
 
-from . import bench_cmd, data_cmd, diagnose_cmd, evaluate_cmd, export_cmd, md_cmd, predict_cmd, train_cmd
+from . import bench_cmd, data_cmd, diagnose_cmd, evaluate_cmd, export_cmd, md_cmd, plot_cmd, predict_cmd, train_cmd
 
 COMMANDS = {"train": train_cmd, "evaluate": evaluate_cmd, "predict": predict_cmd, "diagnose": diagnose_cmd,
-            "data": data_cmd, "bench": bench_cmd, "export": export_cmd, "md": md_cmd}
+            "data": data_cmd, "bench": bench_cmd, "export": export_cmd, "plot": plot_cmd, "md": md_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:
