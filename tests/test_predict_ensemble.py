@@ -101,3 +101,15 @@ def test_members_with_different_units_are_refused_naming_both(frames, rmd17_run,
     assert main(["predict", str(frames), "--checkpoint", str(rmd17_run), str(tmp_path / "kcal.ckpt")]) == 2
     err = capsys.readouterr().err
     assert "predicts energy [meV] but" in err and "kcal.ckpt predicts energy [kcal/mol]" in err
+
+
+def test_files_after_a_single_checkpoint_still_work_and_no_files_is_one_line(frames, rmd17_run, capsys):
+    status, before, _ = predict(frames, "--checkpoint", rmd17_run, "--json")
+    assert status == 0
+    status, after, _ = predict("--checkpoint", rmd17_run, frames, "--json")  # the order accepted before ensembles
+    assert status == 0 and json.loads(after) == json.loads(before)
+    assert main(["predict", "--checkpoint", str(rmd17_run)]) == 2
+    assert capsys.readouterr().err.strip() == ("pairreg predict: error: no molecule files given: pairreg predict "
+                                               "FILE ... [--checkpoint RUN_DIR_OR_CKPT ...]")
+    assert main(["predict", "--checkpoint", str(frames)]) == 2
+    assert "a molecule file, not a run directory or .ckpt file" in capsys.readouterr().err

@@ -26,7 +26,9 @@ NO_PRETRAINED = ("no --checkpoint given and no pretrained model is shipped with 
 
 def add_parser(sub):
     p = sub.add_parser("predict", help="predict properties of molecules in XYZ/extXYZ/SDF/MOL files")
-    p.add_argument("files", nargs="+", help="molecule files (.xyz, .extxyz, .sdf, .mol; one or many molecules each)")
+    # nargs="*": `--checkpoint A mol.xyz` (files after one checkpoint) must keep working now that --checkpoint takes
+    # several values; split_files moves the molecule files it swallowed back
+    p.add_argument("files", nargs="*", help="molecule files (.xyz, .extxyz, .sdf, .mol; one or many molecules each)")
     p.add_argument("--checkpoint", nargs="+", metavar="RUN_DIR_OR_CKPT",
                    help="run directory or .ckpt file (default: the shipped pretrained model); several: an ensemble, "
                         "mean and spread (standard deviation over the models) per target")
@@ -101,8 +103,25 @@ def _test_metrics_beside(ckpt: Path) -> dict:
     return {}
 
 
+def split_files(args) -> None:
+    """Molecule files given after ``--checkpoint`` (``--checkpoint RUN mol.xyz``, as before ensembles) were taken
+    as checkpoints: move those with a molecule file's suffix to the files. InputError when no file is left."""
+    from ..data.readers import SDF_SUFFIXES, XYZ_SUFFIXES, InputError
+
+    if args.checkpoint:
+        moved = [c for c in args.checkpoint if Path(c).suffix.lower() in XYZ_SUFFIXES + SDF_SUFFIXES]
+        args.files = [*args.files, *moved]
+        args.checkpoint = [c for c in args.checkpoint if c not in moved]
+        if not args.checkpoint:
+            raise InputError(f"--checkpoint {' '.join(moved)}: a molecule file, not a run directory or .ckpt file")
+    if not args.files:
+        raise InputError("no molecule files given: pairreg predict FILE ... [--checkpoint RUN_DIR_OR_CKPT ...]")
+
+
 def run(args) -> int:
     from ..data.readers import read_inputs
+
+    split_files(args)
 
     def warn(message):
         print(f"pairreg predict: warning: {message}", file=sys.stderr)
