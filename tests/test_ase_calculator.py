@@ -154,9 +154,19 @@ def test_stress_is_refused_naming_what_is_provided(rmd17_run):
 def test_a_model_that_is_not_one_energy_is_refused_by_name():
     from pairreg.cli.predict_cmd import pretrained_checkpoint
 
-    with pytest.raises(CalculatorError, match=r"qm9-homo-lumo-gap.*homo \[meV\], lumo \[meV\], gap \[meV\].*one "
-                                              r"energy trained with forces"):
+    with pytest.raises(CalculatorError, match=r"qm9-homo-lumo-gap.*homo \[meV\], lumo \[meV\], gap \[meV\]; the "
+                                              r"calculator needs a model of one target, the potential energy 'energy'"):
         PairregCalculator(str(pretrained_checkpoint()))
+
+
+def test_an_energy_in_a_unit_that_is_not_an_energy_is_refused(rmd17_run, tmp_path):
+    from pairreg.training.checkpoint import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(rmd17_run / "checkpoints" / "best.ckpt")
+    ckpt["pairreg"]["target_units"] = ["D"]
+    torch.save(ckpt, tmp_path / "debye.ckpt")
+    with pytest.raises(CalculatorError, match=r"debye.ckpt: its targets are energy \[D\]; 'D' is not an energy unit"):
+        PairregCalculator(tmp_path / "debye.ckpt")
 
 
 def test_unknown_elements_are_named_by_symbol(rmd17_run):

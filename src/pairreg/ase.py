@@ -13,8 +13,8 @@ of the energy the calculator returns. A list of checkpoints is an ensemble: ener
 over the models, and their spread (standard deviation over the models, ddof 0) is in
 ``calc.results["energy_std"]`` (eV) and ``calc.results["forces_std"]`` (eV/Å, per component).
 
-Refused with one line (:class:`CalculatorError`, a ValueError): checkpoints that are not of one energy
-trained with forces (e.g. the shipped QM9 HOMO/LUMO/gap model), elements a model has no embedding for,
+Refused with one line (:class:`CalculatorError`, a ValueError): checkpoints whose targets are not the one
+potential energy ``energy`` (e.g. the shipped QM9 HOMO/LUMO/gap model), elements a model has no embedding for,
 molecules with more atoms than the largest training molecule (unless ``allow_larger=True``), and periodic
 cells (the models see one molecule, with no cell or images). Asking for stress or any other property raises
 ASE's :class:`PropertyNotImplementedError`.
@@ -34,6 +34,7 @@ from .devices import torch_device
 from .training.checkpoint import load_model
 from .units import convert, factor
 
+ENERGY = "energy"  # the target name of a potential energy surface (data/rmd17.py, data/extxyz.py)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -42,12 +43,13 @@ class CalculatorError(ValueError):
 
 
 def energy_unit(info) -> str:
-    """The energy unit of a checkpoint's single target; CalculatorError when it is not an energy trained with forces."""
+    """The unit of a checkpoint's single target ``energy`` (the potential energy of rMD17 and dataset=extxyz runs);
+    CalculatorError for any other targets (QM9 properties, U0 included: energies of relaxed geometries only)."""
     names, units, path = info["target_names"], info["target_units"], info["path"]
     about = f"{path}: its targets are {', '.join(f'{n} [{u}]' for n, u in zip(names, units))}"
-    if len(names) != 1 or info.get("force_unit") is None:
-        raise CalculatorError(f"{about}; the calculator needs a model of one energy trained with forces "
-                              "(e.g. an rMD17 run with targets=energy)")
+    if names != [ENERGY]:
+        raise CalculatorError(f"{about}; the calculator needs a model of one target, the potential energy "
+                              f"'{ENERGY}' (an rMD17 or dataset=extxyz run with targets=energy)")
     try:
         factor(units[0], "eV")
     except ValueError:
