@@ -224,3 +224,16 @@ def test_the_readme_calculator_example_runs(rmd17_run, tmp_path, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {})
     assert "eV" in out.getvalue()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gpu_gives_the_cpu_numbers(rmd17_run):
+    atoms = ethanol(6)
+    results = []
+    for accelerator in ("cpu", "gpu"):
+        atoms.calc = PairregCalculator(rmd17_run, accelerator=accelerator, dtype="float64")
+        results.append((atoms.get_potential_energy(), atoms.get_forces()))
+    (e_cpu, f_cpu), (e_gpu, f_gpu) = results
+    assert e_gpu == pytest.approx(e_cpu, rel=1e-12)  # float64 on both: only summation order differs
+    np.testing.assert_allclose(f_gpu, f_cpu, rtol=0, atol=1e-10)
