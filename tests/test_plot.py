@@ -1,7 +1,6 @@
 """`pairreg plot`: learning curves read from the runs' CSV logs, drawn into a PNG."""
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
