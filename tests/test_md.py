@@ -316,3 +316,10 @@ def test_pairreg_md_bad_input_is_one_line_before_the_model_loads(tmp_path, capsy
     assert capsys.readouterr().err.strip().startswith(f"pairreg md: error: {bad}:")
     assert main(["md", str(bad), *common[:-2], "--timestep", "0", "--out", "x"]) == 2
     assert "--timestep must be a positive number of fs" in capsys.readouterr().err
+
+
+def test_the_progress_bar_goes_to_stderr_and_counts_steps(tmp_path, capsys):
+    run_md(_methane(), _emt(), MDSettings(steps=20, timestep_fs=0.25, temperature_K=300), tmp_path / "p.extxyz",
+           progress=True)
+    captured = capsys.readouterr()
+    assert "md: 100%" in captured.err and "20/20" in captured.err and captured.out == ""
