@@ -323,3 +323,12 @@ def test_the_progress_bar_goes_to_stderr_and_counts_steps(tmp_path, capsys):
            progress=True)
     captured = capsys.readouterr()
     assert "md: 100%" in captured.err and "20/20" in captured.err and captured.out == ""
+
+
+def test_an_unwritable_trajectory_is_one_line_naming_it(tmp_path):
+    from pairreg.atomic import WriteError
+
+    out = tmp_path / "missing-folder" / "t.extxyz"
+    with pytest.raises(WriteError, match=f"{out}: cannot write") as err:
+        run_md(_methane(), _emt(), MDSettings(steps=5, timestep_fs=0.25, temperature_K=300), out)
+    assert "\n" not in str(err.value)

@@ -162,12 +162,12 @@ def run_md(atoms, calculator, settings: MDSettings, out_path: str | Path, progre
     fell_apart = None
     frames = 0
     step = 0
-    bar = tqdm(total=settings.steps, disable=not progress, unit="step", file=sys.stderr, desc="md")
     started = None  # set after step 0: the first evaluation carries one-off start-up costs, not speed
     try:
         fh = open(out_path, "w", encoding="utf-8")
     except OSError as err:
         raise write_error(out_path, err) from None
+    bar = tqdm(total=settings.steps, disable=not progress, unit="step", file=sys.stderr, desc="md")
     steps = dyn.irun(settings.steps)
     with fh, bar:
         try:
