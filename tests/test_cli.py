@@ -185,11 +185,12 @@ def test_predict_warns_on_molecules_much_larger_than_training(trained_run, monke
 
 
 def test_predict_uses_shipped_pretrained_model(trained_run, tmp_path, monkeypatch, capsys):
-    from pairreg.cli import predict_cmd
+    import pairreg.pretrained
 
     shipped = tmp_path / "pretrained"
     shipped.mkdir()
-    monkeypatch.setattr(predict_cmd, "pretrained_folder", lambda: shipped)
+    monkeypatch.setattr(pairreg.pretrained, "folder", lambda: shipped)
+    monkeypatch.setattr(pairreg.pretrained, "DEFAULT", "qm9-homo-mu")
     capsys.readouterr()
     assert main(["predict", str(INPUTS / "water.xyz")]) == 2
     assert capsys.readouterr().err == (
@@ -202,6 +203,13 @@ def test_predict_uses_shipped_pretrained_model(trained_run, tmp_path, monkeypatc
     assert json.loads(out)["checkpoint"] == str(shipped / "qm9-homo-mu.ckpt")
     assert err.startswith(f"pairreg predict: model: {shipped / 'qm9-homo-mu.ckpt'} (epoch ")
     assert "test MAE: homo " in err
+    # any shipped model by name, wherever a checkpoint is taken; an unknown name lists the shipped ones
+    (shipped / "other.ckpt").write_bytes((trained_run / "checkpoints" / "best.ckpt").read_bytes())
+    assert main(["predict", str(INPUTS / "water.xyz"), "--json", "--checkpoint", "pretrained:other"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(shipped / "other.ckpt")
+    assert main(["predict", str(INPUTS / "water.xyz"), "--checkpoint", "pretrained:nope"]) == 2
+    assert capsys.readouterr().err == ("pairreg predict: error: no pretrained model named 'nope' is shipped with this "
+                                       "version (shipped: other, qm9-homo-mu)\n")
 
 
 def test_export_writes_a_slim_self_describing_checkpoint(trained_run, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """``pairreg predict FILE ... [--checkpoint RUN_DIR_OR_CKPT ...] [--json|--csv]``.
 
-Without ``--checkpoint`` the pretrained model shipped in ``pairreg/pretrained/`` is used, if there is one.
+Without ``--checkpoint`` the default model shipped in ``pairreg/pretrained/`` is used (QM9 HOMO/LUMO/gap);
+``--checkpoint pretrained:NAME`` picks another shipped one.
 Several checkpoints are an ensemble: each target is the mean over the models, beside a ``<target>_std_<unit>``
 column, their standard deviation (ddof 0): a per-molecule uncertainty.
 Which model is used (and its test MAE, when known) is printed on stderr, so stdout stays machine-readable.
@@ -9,11 +10,9 @@ Which model is used (and its test MAE, when known) is printed on stderr, so stdo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 
 # = evaluation.evaluate.DEFAULT_MAX_ATOMS (why 500 is explained there); not imported, so that parsing the
@@ -30,7 +29,8 @@ def add_parser(sub):
     # several values; split_files moves the molecule files it swallowed back
     p.add_argument("files", nargs="*", help="molecule files (.xyz, .extxyz, .sdf, .mol; one or many molecules each)")
     p.add_argument("--checkpoint", nargs="+", metavar="RUN_DIR_OR_CKPT",
-                   help="run directory or .ckpt file (default: the shipped pretrained model); several: an ensemble, "
+                   help="run directory, .ckpt file or pretrained:NAME (a shipped model; default: pretrained:"
+                        "qm9-homo-lumo-gap-pairreg); several: an ensemble, "
                         "mean and spread (standard deviation over the models) per target")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
                    help="where the model runs: auto = the CUDA GPU when PyTorch sees one, else the CPU (default auto)")
@@ -54,26 +54,14 @@ def _atom_limit(text: str) -> int:
     return n
 
 
-def pretrained_folder():
-    """Where shipped checkpoints live (a Traversable: a folder, or a place inside a zip)."""
-    return resources.files("pairreg.pretrained")
-
-
 def pretrained_checkpoint():
-    """The one ``*.ckpt`` resource in ``pairreg.pretrained``; InputError when none (or several) is shipped."""
+    """The default shipped model's file (pairreg.pretrained.DEFAULT); InputError when it is not shipped."""
+    from .. import pretrained
     from ..data.readers import InputError
 
-    try:
-        folder = pretrained_folder()
-        found = sorted((f for f in folder.iterdir() if f.name.endswith(".ckpt")), key=lambda f: f.name)
-    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
-        found = []
-    if not found:
+    if pretrained.DEFAULT not in pretrained.names():
         raise InputError(NO_PRETRAINED)
-    if len(found) > 1:
-        raise InputError(f"several pretrained models are shipped ({', '.join(f.name for f in found)}); "
-                         "choose one with --checkpoint")
-    return found[0]
+    return pretrained.resolve(pretrained.PREFIX + pretrained.DEFAULT)
 
 
 def describe_model(info) -> str:
@@ -133,11 +121,7 @@ def run(args) -> int:
     from ..evaluation.evaluate import predict_molecules
     from ..training.checkpoint import load_model
 
-    with contextlib.ExitStack() as stack:
-        checkpoints = args.checkpoint
-        if checkpoints is None:  # a packaged resource may live in a zip: get a real file for torch.load
-            checkpoints = [stack.enter_context(resources.as_file(pretrained_checkpoint()))]
-        loaded = [load_model(checkpoint) for checkpoint in checkpoints]
+    loaded = [load_model(checkpoint) for checkpoint in (args.checkpoint or [pretrained_checkpoint()])]
     infos = [info for _, info in loaded]
     check_same_targets(infos)
     names, units = infos[0]["target_names"], infos[0]["target_units"]

@@ -128,7 +128,12 @@ def _rolled_back(trainer) -> bool:
 
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A run directory (→ its ``checkpoints/<which>.ckpt``) or a checkpoint file."""
+    """A run directory (→ its ``checkpoints/<which>.ckpt``), a checkpoint file, or ``pretrained:NAME`` (a model
+    shipped in pairreg/pretrained)."""
+    from .. import pretrained
+
+    if pretrained.is_pretrained(path):
+        return pretrained.resolve(path)
     path = Path(path)
     if path.is_dir():
         for candidate in (path / CHECKPOINT_DIR / f"{which}.ckpt", path / f"{which}.ckpt"):
