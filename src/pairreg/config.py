@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 @dataclass
 class Config:
     # --- data ---
-    dataset: str = "qm9"  # qm9 | rmd17
+    dataset: str = "qm9"  # qm9 | rmd17 | extxyz (your own extended XYZ file: data_path; docs/training.md)
     targets: list = field(default_factory=lambda: ["homo"])  # QM9 target names (`pairreg data qm9`); rmd17: [energy]
     split: typing.Optional[str] = None  # qm9: egnn (default); rmd17: official-1..official-5 (default official-1) | ratio
     split_seed: int = 0  # seed of the split's permutation (QM9: EGNN/Cormorant; rMD17: train/val and ratio)
@@ -35,6 +35,15 @@ class Config:
     subset_train: typing.Optional[int] = None  # use only the first k molecules of a split (None: all)
     subset_val: typing.Optional[int] = None
     subset_test: typing.Optional[int] = None
+    # dataset=extxyz (data/extxyz.py): the file, where its values are and their units, the random split
+    data_path: typing.Optional[str] = None  # the extended XYZ file (read with ASE)
+    energy_key: typing.Optional[str] = "energy"  # info key or calculator result holding each frame's energy
+    forces_key: typing.Optional[str] = "forces"  # arrays key or calculator result of the forces; None: no forces
+    energy_unit: str = "eV"  # unit of the energy (and of energy-family targets) in the file: eV | meV | kcal/mol | Hartree
+    forces_unit: str = "eV/Angstrom"  # unit of the forces in the file (ASE's: eV/Å)
+    val_frac: typing.Optional[float] = None  # extxyz: fraction of frames for validation (None: 0.1)
+    test_frac: typing.Optional[float] = None  # extxyz: fraction of frames for test (None: 0.1); train: the rest
+    elements: typing.Optional[list] = None  # element symbols the model embeds (None: H,C,N,O,F)
     # --- model ---
     hidden: int = 128
     n_layers: int = 9
@@ -92,6 +101,9 @@ class Config:
     stage2_energy_weight: float = 1000.0
     divergence_guard: bool = True  # roll back to the best weights with lr × 0.5 when the loss explodes or the
     #   force error collapses to the zero-force floor (at most 3 times, then stop)
+    # --- fine-tuning (training/finetune.py) ---
+    init_from: typing.Optional[str] = None  # run directory or .ckpt whose (EMA) weights start this run
+    freeze_layers: int = 0  # with init_from: the embedding and the first K message-passing layers stay fixed
     # --- run ---
     seed: int = 42
     out: str = "runs"  # parent folder of run directories
@@ -126,7 +138,7 @@ _CHOICES = {
     "forces_loss": ("l1", "mse", "huber"),
     "energy_scale": ("mad", "force-rms"),
     "accelerator": ("cpu", "gpu", "auto"),
-    "dataset": ("qm9", "rmd17"),
+    "dataset": ("qm9", "rmd17", "extxyz"),
     "strategy": ("auto", "ddp", "ddp_spawn"),
     "logger": ("csv", "tensorboard"),
 }
@@ -214,10 +226,13 @@ def parse_overrides(items) -> dict:
 def load_config(preset: str | None = None, overrides=None, file: str | Path | None = None) -> Config:
     """Defaults ← preset (or YAML ``file``) ← ``--set`` overrides, then validated."""
     cfg = Config()
+    preset_keys, user_keys = set(), set()
     if preset:
         path = preset_path(preset)
-        apply(cfg, yaml.safe_load(path.read_text()) or {}, f"preset {preset!r} ({path})")
+        data = yaml.safe_load(path.read_text()) or {}
+        apply(cfg, data, f"preset {preset!r} ({path})")
         cfg.preset = preset
+        preset_keys = set(data)
     if file:
         path = Path(file)
         try:
@@ -227,7 +242,14 @@ def load_config(preset: str | None = None, overrides=None, file: str | Path | No
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value")
         apply(cfg, data, str(path))
-    apply(cfg, parse_overrides(overrides), "--set")
+        user_keys |= set(data)
+    values = parse_overrides(overrides)
+    apply(cfg, values, "--set")
+    user_keys |= set(values)
+    if cfg.dataset == "extxyz":  # a preset's dataset keys give way to the user's file (data/extxyz.py)
+        from .data import extxyz
+
+        extxyz.settle_preset_keys(cfg, preset_keys - user_keys, user_keys)
     validate(cfg)
     return cfg
 
@@ -265,7 +287,7 @@ def activation_bytes(cfg: Config) -> float:
     dataset's largest molecule keeps ~9 hidden-wide tensors (plus the distance basis) per layer."""
     from .data import rmd17
 
-    n = QM9_MAX_ATOMS if cfg.dataset == "qm9" else rmd17.MOLECULES.get(cfg.molecule, ("", QM9_MAX_ATOMS))[1]
+    n = rmd17.MOLECULES.get(cfg.molecule, ("", QM9_MAX_ATOMS))[1] if cfg.dataset == "rmd17" else QM9_MAX_ATOMS
     per_edge_layer = EDGE_TENSORS_PER_LAYER * cfg.hidden + cfg.n_rbf
     return 4.0 * cfg.batch_size * n * (n - 1) * cfg.n_layers * per_edge_layer
 
@@ -314,11 +336,19 @@ def _check_recipe(cfg: Config) -> None:
     for key in ("huber_delta", "energy_weight", "stage2_energy_weight"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(cfg, key)}")
-    if cfg.energy_scale == "force-rms" and cfg.dataset != "rmd17":
-        raise ConfigError(f"energy_scale=force-rms needs forces; dataset={cfg.dataset} has none (use mad)")
-    if cfg.stage2_frac is not None and cfg.dataset != "rmd17":
-        raise ConfigError("stage2_frac: the second stage raises the energy weight against forces; "
-                          f"dataset={cfg.dataset} has none")
+    if cfg.energy_scale == "force-rms" and not has_forces(cfg):
+        raise ConfigError(f"energy_scale=force-rms needs forces; {_no_forces(cfg)} (use mad)")
+    if cfg.stage2_frac is not None and not has_forces(cfg):
+        raise ConfigError(f"stage2_frac: the second stage raises the energy weight against forces; {_no_forces(cfg)}")
+
+
+def has_forces(cfg: Config) -> bool:
+    """Whether the run's data have reference forces (rMD17, or an extxyz file read with a forces_key)."""
+    return cfg.dataset == "rmd17" or (cfg.dataset == "extxyz" and cfg.forces_key is not None)
+
+
+def _no_forces(cfg: Config) -> str:
+    return "forces_key is null (no forces are read)" if cfg.dataset == "extxyz" else f"dataset={cfg.dataset} has none"
 
 
 def validate(cfg: Config) -> Config:
@@ -343,6 +373,10 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"targets: unknown QM9 target {t!r}; choose from {qm9.TARGET_NAMES}.{hint}")
         if cfg.force_weight:
             raise ConfigError("force_weight: QM9 has no forces; use it with dataset=rmd17")
+    elif cfg.dataset == "extxyz":
+        from .data import extxyz
+
+        extxyz.check_config(cfg)
     else:
         try:
             rmd17.check_molecule(cfg.molecule)
@@ -354,6 +388,13 @@ def validate(cfg: Config) -> Config:
                               "forces come from its gradient")
     if len(set(cfg.targets)) != len(cfg.targets):
         raise ConfigError(f"targets: {cfg.targets} lists a target twice")
+    if cfg.dataset != "extxyz":
+        for key in ("data_path", "val_frac", "test_frac"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"{key}: only for dataset=extxyz (dataset={cfg.dataset} has its own files and split)")
+    from .training.finetune import check_config as check_finetune
+
+    check_finetune(cfg)  # elements, init_from, freeze_layers
     if cfg.force_weight < 0:
         raise ConfigError(f"force_weight must be >= 0, got {cfg.force_weight}")
     if cfg.num_nodes > 1 and not cfg.name:

@@ -6,7 +6,9 @@ A plain ``nn.Module`` taking tensors::
     y_std, record = model(z, pos, batch)          # standardised predictions + per-layer record
     y = model.predict(z, pos, batch)              # in the targets' reporting units
 
-Target mean and scale are buffers, so a saved model predicts physical units by itself.
+Target mean and scale are buffers, so a saved model predicts physical units by itself. So are per-element
+references (``atom_ref``, zero unless the data have molecules of several compositions): a molecule's
+prediction is Σ_atoms ref[element] + mean + scale · output.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class MoleculeModel(nn.Module):
             atoms cross it), and the Bessel basis uses it as r_c. C = 1/(N−1) stays per molecule.
         elements, charge_power: atom features (default H, C, N, O, F and powers 0..2 of Z/9).
         target_mean, target_scale: per-target standardisation (reporting units); prediction = mean + scale · output.
+        atom_ref: (n_elements, n_targets) per-element references in reporting units, in the order of ``elements``
+            (default zeros); the prediction adds their sum over the molecule's atoms.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class MoleculeModel(nn.Module):
         charge_power: int = 2,
         target_mean=None,
         target_scale=None,
+        atom_ref=None,
     ):
         super().__init__()
         self.features = AtomFeatures(elements, charge_power=charge_power)
@@ -110,6 +115,15 @@ class MoleculeModel(nn.Module):
         scale = torch.ones(n_targets) if target_scale is None else torch.as_tensor(np.asarray(target_scale), dtype=torch.float64)
         self.register_buffer("target_mean", mean.reshape(n_targets).to(torch.float64))
         self.register_buffer("target_scale", scale.reshape(n_targets).to(torch.float64))
+        n_el = len(self.features.elements)
+        ref = torch.zeros(n_el, n_targets) if atom_ref is None else torch.as_tensor(np.asarray(atom_ref), dtype=torch.float64)
+        self.register_buffer("atom_ref", ref.reshape(n_el, n_targets).to(torch.float64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before per-element references existed have no atom_ref: theirs were zero
+        if prefix + "atom_ref" not in state_dict:
+            state_dict[prefix + "atom_ref"] = torch.zeros_like(self.atom_ref)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def mitigation(self):
@@ -145,18 +159,41 @@ class MoleculeModel(nn.Module):
         record.graph = graph
         return y_std, record
 
-    def to_physical(self, y_std: torch.Tensor) -> torch.Tensor:
-        """Standardised outputs → reporting units (float64)."""
-        return self.target_mean + self.target_scale * y_std.to(torch.float64)
+    def reference(self, z, batch, n_molecules: int) -> torch.Tensor | None:
+        """(n_molecules, n_targets) sum of the per-element references over each molecule's atoms (float64), or
+        None when the model has none (all zero)."""
+        if not bool(self.atom_ref.any()):
+            return None
+        per_atom = self.atom_ref[self.features.lookup[z]]  # z was checked by the forward pass
+        out = torch.zeros(n_molecules, self.atom_ref.shape[1], dtype=torch.float64, device=per_atom.device)
+        return out.index_add_(0, batch, per_atom)
 
-    def to_standard(self, y: torch.Tensor) -> torch.Tensor:
-        return ((y.to(torch.float64) - self.target_mean) / self.target_scale).to(torch.get_default_dtype())
+    def _reference(self, z, batch, n_rows: int) -> torch.Tensor | None:
+        ref = self.reference(z, batch, n_rows) if z is not None else None
+        if ref is None and z is None and bool(self.atom_ref.any()):  # never a number without its references
+            raise ValueError("this model has per-element energy references: pass z and batch to "
+                             "to_physical / to_standard")
+        return ref
+
+    def to_physical(self, y_std: torch.Tensor, z=None, batch=None) -> torch.Tensor:
+        """Standardised outputs → reporting units (float64). ``z`` and ``batch`` (the molecules' atoms) are needed
+        when the model has per-element references."""
+        y = self.target_mean + self.target_scale * y_std.to(torch.float64)
+        ref = self._reference(z, batch, y.shape[0])
+        return y if ref is None else y + ref
+
+    def to_standard(self, y: torch.Tensor, z=None, batch=None) -> torch.Tensor:
+        y = y.to(torch.float64)
+        ref = self._reference(z, batch, y.shape[0])
+        if ref is not None:
+            y = y - ref
+        return ((y - self.target_mean) / self.target_scale).to(torch.get_default_dtype())
 
     @torch.no_grad()
     def predict(self, z, pos, batch, edge_index=None, n_molecules=None) -> torch.Tensor:
         """(n_molecules, n_targets) predictions in reporting units."""
         y_std, _ = self(z, pos, batch, edge_index, n_molecules)
-        return self.to_physical(y_std)
+        return self.to_physical(y_std, z, batch)
 
     def energy_and_forces(self, z, pos, batch, edge_index=None, n_molecules=None, create_graph: bool = False):
         """Energy and forces F = −∂E/∂x by autograd, for a single-target (energy) model.
@@ -176,18 +213,27 @@ class MoleculeModel(nn.Module):
     def predict_energy_forces(self, z, pos, batch, edge_index=None, n_molecules=None):
         """(energy (n_molecules,), forces (n_atoms, 3)) in reporting units (e.g. meV, meV/Å), float64."""
         y_std, f_std, _ = self.energy_and_forces(z, pos, batch, edge_index, n_molecules)
-        return self.to_physical(y_std.detach())[:, 0], self.target_scale * f_std.detach().to(torch.float64)
+        return self.to_physical(y_std.detach(), z, batch)[:, 0], self.target_scale * f_std.detach().to(torch.float64)
 
     def extra_loss(self, record):
         return self.mitigation.extra_loss(record, record.graph)
 
 
-def build_model(cfg, target_mean=None, target_scale=None) -> MoleculeModel:
+def elements_of(cfg) -> tuple[int, ...]:
+    """Atomic numbers the model of ``cfg`` embeds, ascending: the ``elements`` key (symbols), else H, C, N, O, F."""
+    if not getattr(cfg, "elements", None):
+        return DEFAULT_ELEMENTS
+    from ase.data import atomic_numbers
+
+    return tuple(sorted({atomic_numbers[symbol] for symbol in cfg.elements}))
+
+
+def build_model(cfg, target_mean=None, target_scale=None, atom_ref=None) -> MoleculeModel:
     """The :class:`MoleculeModel` a :class:`pairreg.config.Config` describes (the one place that maps
     config keys to model arguments: training, checkpoint loading and the config's size check use it)."""
     return MoleculeModel(
         n_targets=len(cfg.targets), hidden=cfg.hidden, n_layers=cfg.n_layers, mitigation=cfg.mitigation,
         mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
         n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, rbf=cfg.rbf, cutoff_A=cfg.cutoff_A,
-        target_mean=target_mean, target_scale=target_scale,
+        elements=elements_of(cfg), target_mean=target_mean, target_scale=target_scale, atom_ref=atom_ref,
     )

@@ -29,8 +29,21 @@ def weight_averaging(decay: float) -> EMAWeightAveraging:
     Parameters only (``use_buffers=False``): our buffers are constants (target mean/scale, the element
     lookup table), and averaging the integer lookup table truncates it (an EMA step of 3 gives 2), which
     made oxygen look like nitrogen in every validation.
+
+    The update is written ema + (1 − decay)·(w − ema), not Lightning's decay·ema + (1 − decay)·w: the same
+    average, but a weight that does not change (a frozen layer, ``freeze_layers``) stays bit for bit the same,
+    where the other form rounds it a little at every step.
     """
-    return EMAWeightAveraging(decay=decay, use_buffers=False)
+    callback = EMAWeightAveraging(decay=decay, use_buffers=False)
+    callback._kwargs["avg_fn"] = _ema_step(decay)  # passed on to torch's AveragedModel
+    return callback
+
+
+def _ema_step(decay: float):
+    def step(average, current, num_averaged):
+        return average + (1.0 - decay) * (current - average)
+
+    return step
 
 
 def detach_weight_averaging(trainer: L.Trainer) -> None:

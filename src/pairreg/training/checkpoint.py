@@ -26,6 +26,8 @@ from .losses import NonFiniteLossError
 CHECKPOINT_DIR = "checkpoints"
 # what Lightning needs to continue a run (an exported checkpoint has only the weights)
 RESUME_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "epoch", "global_step")
+# format 2 added the model's per-element references (model.atom_ref); format 1 checkpoints had none (zero)
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -233,7 +235,15 @@ def check_model_state(cfg, state: dict, file) -> None:
 
 
 def model_state(ckpt: dict) -> dict:
-    return {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    """The model's weights (without the ``model.`` prefix). A format 1 checkpoint, written before per-element
+    references existed, gets zero references (those models had none; they embed the default 5 elements)."""
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    meta = ckpt.get("pairreg") or {}
+    if meta.get("format_version", 1) < 2 and "atom_ref" not in state and "target_mean" in state:
+        from ..models.model import DEFAULT_ELEMENTS
+
+        state["atom_ref"] = torch.zeros(len(DEFAULT_ELEMENTS), len(state["target_mean"]), dtype=torch.float64)
+    return state
 
 
 def load_model(path: str | Path, which: str = "best"):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data import qm9, rmd17
+from ..data import extxyz, qm9, rmd17
 from ..data.molecules import MoleculeSet
 
 
@@ -18,6 +18,8 @@ def build_splits(cfg: Config, dataset: MoleculeSet | None = None) -> tuple[Molec
     """The dataset with ``cfg.targets`` and the split indices (after subsetting), in split order."""
     if cfg.dataset == "rmd17":
         ds, split = rmd17.load_rmd17(cfg.molecule, cfg.split or "official-1", cfg.data_root, split_seed=cfg.split_seed)
+    elif cfg.dataset == "extxyz":
+        ds, split = extxyz.load_for_config(cfg)
     else:
         ds = dataset if dataset is not None else qm9.load_qm9(cfg.targets)
         if ds.target_names != list(cfg.targets):  # e.g. one 12-target dataset shared by per-target runs
@@ -28,11 +30,25 @@ def build_splits(cfg: Config, dataset: MoleculeSet | None = None) -> tuple[Molec
     return ds, split
 
 
-def target_statistics(ds: MoleculeSet, train_idx, energy_scale: str = "mad") -> tuple[np.ndarray, np.ndarray]:
+def element_references(cfg: Config, ds: MoleculeSet, train_idx) -> np.ndarray | None:
+    """Per-element energy references (n_elements, n_targets) fitted on the training split when its molecules
+    have different compositions (extxyz data); None otherwise."""
+    if cfg.dataset != "extxyz":
+        return None
+    from ..models.model import elements_of
+
+    return extxyz.fit_element_references(ds, train_idx, elements_of(cfg))
+
+
+def target_statistics(ds: MoleculeSet, train_idx, energy_scale: str = "mad", atom_ref=None,
+                      elements=None) -> tuple[np.ndarray, np.ndarray]:
     """Training mean per target, and the scale: EGNN's mean absolute deviation (``mad``), or NequIP's RMS
     of the training force components × 1 Å (``force-rms``, energy models only), under which standardised
-    forces have unit RMS."""
+    forces have unit RMS. With per-element references ``atom_ref`` (columns of ``elements``), the statistics
+    are those of the targets minus the references' sum over each molecule."""
     y = ds.y[train_idx]
+    if atom_ref is not None:
+        y = y - extxyz.compositions(ds, elements)[train_idx] @ atom_ref
     mean = y.mean(0)
     if energy_scale == "force-rms":
         if ds.forces is None:

@@ -55,14 +55,18 @@ class PropertyModule(L.LightningModule):
     """
 
     def __init__(self, cfg: Config, target_names, target_units, target_mean=None, target_scale=None,
-                 force_unit: str | None = None, max_atoms_train: int | None = None):
+                 force_unit: str | None = None, max_atoms_train: int | None = None, atom_ref=None):
         super().__init__()
         self.cfg = cfg
         self.target_names = list(target_names)
         self.target_units = list(target_units)
         self.force_unit = force_unit
         self.max_atoms_train = max_atoms_train
-        self.model = build_model(cfg, target_mean, target_scale)
+        self.model = build_model(cfg, target_mean, target_scale, atom_ref)
+        if getattr(cfg, "freeze_layers", 0):  # fine-tuning: the embedding and the first K layers stay fixed
+            from .finetune import freeze_layers
+
+            freeze_layers(self.model, cfg.freeze_layers)
         self.lr_scale = 1.0  # lowered by plateaus and the divergence guard (callbacks.LrControl); checkpointed
         self.budget = WallBudget(cfg.time_budget_min) if cfg.time_budget_min else None
         self.total_steps = 1
@@ -94,7 +98,7 @@ class PropertyModule(L.LightningModule):
         else:
             y_std, record = self(batch)
         cfg = self.cfg
-        loss, parts = total_loss(self.model, y_std, self.model.to_standard(batch.y), record, cfg.energy_loss,
+        loss, parts = total_loss(self.model, y_std, self.model.to_standard(batch.y, batch.z, batch.batch), record, cfg.energy_loss,
                                  cfg.huber_delta, self.energy_weight(), batch.n_atoms if cfg.energy_per_atom else None)
         if weight > 0:
             f_loss = force_loss(f_std, batch.forces, self.model.target_scale, cfg.forces_loss, cfg.huber_delta)
@@ -118,7 +122,7 @@ class PropertyModule(L.LightningModule):
             y_std, f_std, _ = self._energy_forces(batch, create_graph=False)
         else:
             y_std, _ = self(batch)
-        err = (self.model.to_physical(y_std.detach()) - batch.y.to(torch.float64)).abs()  # (n_mols, n_targets)
+        err = (self.model.to_physical(y_std.detach(), batch.z, batch.batch) - batch.y.to(torch.float64)).abs()  # (n_mols, n_targets)
         n = batch.num_molecules
         for k, (name, unit) in enumerate(zip(self.target_names, self.target_units)):
             self.log(metric_name(split, name, unit), err[:, k].mean().float(), batch_size=n, on_epoch=True, sync_dist=True,
@@ -158,7 +162,7 @@ class PropertyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # what `pairreg evaluate/predict` need, as plain types (loads with weights_only=True)
         checkpoint["pairreg"] = {
-            "format_version": 1,
+            "format_version": 2,  # 2: the model's state holds atom_ref (training/checkpoint.py FORMAT_VERSION)
             "config": self.cfg.to_dict(),
             "target_names": self.target_names,
             "target_units": self.target_units,

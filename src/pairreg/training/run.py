@@ -25,7 +25,7 @@ from ..devices import lightning_accelerator
 from .checkpoint import (CHECKPOINT_DIR, RESUME_KEYS, AtomicCheckpoint, CheckpointError, SafeCheckpointIO,
                          check_model_state, load_checkpoint, model_state)
 from .callbacks import LrControl, detach_weight_averaging, weight_averaging
-from .datamodule import MoleculeDataModule, target_statistics, zero_force_mae
+from .datamodule import MoleculeDataModule, element_references, target_statistics, zero_force_mae
 from .loggers import run_loggers
 from .schedules import PlateauScale
 from .module import FORCE_NAME, PropertyModule, metric_name
@@ -225,9 +225,14 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
     else:
         check_run_name(cfg.name)
     dm = MoleculeDataModule(cfg, dataset, split)
+    parent = None
     if resume:
         _check_same_split(run_dir / "split.npz", dm)
     else:
+        if cfg.init_from:  # fine-tuning: the parent is checked against this config and data before any write
+            from .finetune import load_parent
+
+            parent = load_parent(cfg, dm.dataset)
         run_dir = run_directory(cfg)
     if owner and not resume:
         write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
@@ -242,11 +247,25 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
                 part += 1
             os.replace(log, run_dir / "logs" / f"metrics.part{part}.csv")
 
-    mean, scale = target_statistics(dm.dataset, dm.split["train"], cfg.energy_scale)
+    from ..models.model import elements_of
+
+    atom_ref = element_references(cfg, dm.dataset, dm.split["train"])  # None unless compositions vary
+    mean, scale = target_statistics(dm.dataset, dm.split["train"], cfg.energy_scale, atom_ref, elements_of(cfg))
     names, units = dm.dataset.target_names, dm.dataset.target_units
+    if parent is not None:  # targets the parent had keep its standardisation, so the run starts from its predictions
+        from .finetune import merge_statistics
+
+        mean, scale, atom_ref = merge_statistics(parent, names, units, mean, scale, atom_ref, len(elements_of(cfg)))
     force_unit = dm.dataset.force_unit if dm.dataset.forces is not None else None
     max_atoms = int(dm.dataset.n_atoms[dm.split["train"]].max())
-    module = PropertyModule(cfg, names, units, mean, scale, force_unit=force_unit, max_atoms_train=max_atoms)
+    module = PropertyModule(cfg, names, units, mean, scale, force_unit=force_unit, max_atoms_train=max_atoms,
+                            atom_ref=atom_ref)
+    if parent is not None:
+        from .finetune import init_weights, say
+
+        done = init_weights(module.model, parent, names, units)
+        if owner:
+            say(parent, done, cfg.freeze_layers)
     ckpt_cb = AtomicCheckpoint(run_dir / CHECKPOINT_DIR)
     shown = list(zip(names, units)) + ([(FORCE_NAME, force_unit)] if force_unit else [])
     lr_control = LrControl(
