@@ -257,11 +257,30 @@ def test_a_tiny_mixed_composition_run_fits_references_saves_its_split_and_evalua
     assert result["mae"]["forces"]["value"] == pytest.approx(metrics["test"]["test/forces_mae_meV_per_Angstrom"],
                                                              rel=1e-5)
     assert result["mae"]["energy"]["value"] < 0.01 * np.std(ds.y[:, 0])
+    # so does the ASE calculator (eV): the model's total energy, references included
+    from pairreg.ase import PairregCalculator
+
+    frame = ase.io.read(str(path), index=int(expected["test"][0]))
+    reference_eV = frame.get_potential_energy()
+    frame.calc = PairregCalculator(run)
+    model, _ = load_model(run)
+    b = ds.collate([int(expected["test"][0])])
+    want_eV = float(model.predict(b.z, b.pos, b.batch)[0, 0]) / 1000
+    assert frame.get_potential_energy() == pytest.approx(want_eV, rel=1e-6)
+    assert abs(frame.get_potential_energy() - reference_eV) < 0.01 * abs(reference_eV)
     # resuming reuses (and checks) the saved split: the run is complete, so nothing more is trained
     from pairreg.training.run import resume_config, train
 
     summary = train(resume_config(run), resume=True)
     assert summary["best_epoch"] == metrics["best_epoch"]
+    # a file changed in place (same frame count, so the same split) is refused on resume, by name
+    frames = ase.io.read(str(path), index=":")
+    frames[0].calc.results["energy"] += 1.0
+    _write(path, frames)
+    from pairreg.training.run import RunDirectoryError
+
+    with pytest.raises(RunDirectoryError, match="mixed.extxyz has changed since this run started"):
+        train(resume_config(run), resume=True)
 
 
 def test_train_errors_name_the_data_file(tmp_path, capsys):

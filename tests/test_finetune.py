@@ -97,6 +97,8 @@ def test_a_model_that_does_not_fit_is_refused_by_key_and_unknown_elements_by_sym
         err = capsys.readouterr().err
         assert f"init_from: {rmd17_run}/checkpoints/best.ckpt has {key}=" in err and "set " + key in err
     assert not (tmp_path / "x").exists()  # refused before the run directory is made
+    assert main(args + ["elements=H,C,N,O,F,S", "name=x"]) == 2
+    assert "has elements='H,C,N,O,F', this run elements='H,C,N,O,F,S'" in capsys.readouterr().err
     # an element of the new data the parent does not embed
     xyz = tmp_path / "hs.xyz"
     xyz.write_text('2\nenergy=-1.0 pbc="F F F"\nH 0 0 0\nS 0 0 1.3\n' * 10)

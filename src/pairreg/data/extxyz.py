@@ -308,6 +308,17 @@ def random_split(n: int, val_frac: float | None, test_frac: float | None, seed: 
     return {"train": perm[n_val + n_test:], "val": perm[n_test:n_test + n_val], "test": perm[:n_test]}
 
 
+def file_sha256(path) -> str:
+    """SHA-256 of the data file (saved in split.npz, so a resumed run can tell the file changed)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_for_config(cfg) -> tuple[MoleculeSet, dict]:
     """The dataset and split a ``dataset=extxyz`` config describes."""
     from ..models.model import elements_of

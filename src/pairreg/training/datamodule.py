@@ -91,14 +91,17 @@ class MoleculeDataModule(L.LightningDataModule):
         self.dataset = dataset
         self.split = split
         self.sets = {k: dataset.subset(v) for k, v in split.items()}
+        # your own file's SHA-256, saved in split.npz: a resumed run checks the file did not change
+        self.fingerprint = extxyz.file_sha256(cfg.data_path) if cfg.dataset == "extxyz" else None
 
     def save_split(self, path: Path) -> None:
         """Written atomically (temp file + rename), like the checkpoints."""
         from ..atomic import write_atomic
 
         buffer = io.BytesIO()
+        extra = {"data_sha256": np.array(self.fingerprint)} if self.fingerprint else {}
         np.savez(buffer, **{k: self.dataset.mol_ids[v] for k, v in self.split.items()},
-                 **{f"{k}_position": v for k, v in self.split.items()})
+                 **{f"{k}_position": v for k, v in self.split.items()}, **extra)
         write_atomic(path, buffer.getbuffer())
 
     def loader(self, name: str, shuffle: bool = False) -> torch.utils.data.DataLoader:

@@ -95,11 +95,11 @@ def load_parent(cfg, dataset) -> dict:
                           "fine-tuning cannot add elements: train this data from scratch")
     for key in MODEL_KEYS:
         mine, theirs = getattr(cfg, key), getattr(parent, key)
-        if key == "elements":
-            mine, theirs = elements_of(cfg), known
+        if key == "elements":  # compared as sets of elements, shown as symbols (None means H, C, N, O, F)
+            mine, theirs = (",".join(chemical_symbols[z] for z in elements_of(c)) for c in (cfg, parent))
         if mine != theirs:
-            raise ConfigError(f"init_from: {file} has {key}={getattr(parent, key)!r}, this run {key}="
-                              f"{getattr(cfg, key)!r}; its weights fit only the same model (set {key} to match)")
+            raise ConfigError(f"init_from: {file} has {key}={theirs!r}, this run {key}={mine!r}; its weights fit "
+                              f"only the same model (set {key} to match)")
     meta = ckpt["pairreg"]
     return {"path": file, "config": parent, "state": state, "names": list(meta["target_names"]),
             "units": list(meta["target_units"])}

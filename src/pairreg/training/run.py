@@ -67,6 +67,7 @@ def _check_same_split(path: Path, dm: MoleculeDataModule) -> None:
     try:
         with np.load(path, allow_pickle=False) as saved:
             found = {name: saved[name] for name in dm.split if name in saved.files}
+            digest = str(saved["data_sha256"]) if "data_sha256" in saved.files else None
     except Exception:  # empty, truncated, not an .npz, object arrays: numpy's messages would advise allow_pickle
         raise RunDirectoryError(f"{path}: not a readable split file (empty, truncated or not written by pairreg); "
                                 "the run cannot be resumed without it: start it again under another name") from None
@@ -74,6 +75,9 @@ def _check_same_split(path: Path, dm: MoleculeDataModule) -> None:
         if name not in found or not np.array_equal(found[name], dm.dataset.mol_ids[idx]):
             raise RunDirectoryError(f"{path}: the {name} split of the data found now differs from the one this run "
                                     "started with; resume with the same data")
+    if digest is not None and getattr(dm, "fingerprint", None) not in (None, digest):
+        raise RunDirectoryError(f"{path}: {dm.cfg.data_path} has changed since this run started (SHA-256 "
+                                f"{dm.fingerprint[:12]}..., was {digest[:12]}...); resume with the same file")
 
 
 # Gradient-norm clip used for force training when grad_clip is not set (TorchMD-Net and MACE clip at 10;
