@@ -1,0 +1,48 @@
+"""The shipped rMD17 ethanol model: its card's accuracy holds on official test frames it never saw, in the
+right units, through both `pairreg evaluate`'s code and the ASE calculator."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from pairreg import pretrained
+from pairreg.ase import PairregCalculator
+from pairreg.data.rmd17 import read_npz, to_set
+from pairreg.evaluation.forces import predict_energy_forces
+from pairreg.training.checkpoint import load_model
+from pairreg.units import convert
+
+FIXTURE = Path(__file__).parent / "fixtures" / "rmd17"
+ETHANOL = "rmd17-ethanol-pairreg"
+
+
+def test_the_shipped_models_are_listed_and_the_default_is_qm9():
+    assert {pretrained.DEFAULT, ETHANOL} <= set(pretrained.names())
+    assert pretrained.DEFAULT == "qm9-homo-lumo-gap-pairreg"
+
+
+def test_shipped_ethanol_model_matches_its_card_on_unseen_test_frames():
+    model, info = load_model(pretrained.PREFIX + ETHANOL)
+    assert info["target_names"] == ["energy"] and info["target_units"] == ["meV"]
+    card = json.loads((resources.files("pairreg.pretrained") / f"{ETHANOL}.metrics.json").read_text())["test"]
+    # the first 20 frames of the official test file (the model trained on frames of the train file only)
+    ds = to_set(read_npz(FIXTURE / "rmd17_ethanol_test_01.npz", "ethanol"))
+    energy_meV, forces_meV_A = predict_energy_forces(model, ds)
+    e_mae = np.abs(energy_meV - ds.y[:, 0]).mean()
+    f_mae = np.abs(forces_meV_A - ds.forces).mean()
+    # 20 frames scatter around the 1,000-frame figure; a unit slip (kcal/mol, eV) would be off 20x-1000x
+    assert f_mae < 2 * card["test/forces_mae_meV_per_Angstrom"], f_mae
+    assert e_mae < 3 * card["test/energy_mae_meV"], e_mae
+    assert f_mae > 0.25 * card["test/forces_mae_meV_per_Angstrom"]  # not a memorised frame either
+
+    calc = PairregCalculator(pretrained.PREFIX + ETHANOL)
+    z, pos = ds.atoms(0)
+    atoms = Atoms(numbers=z, positions=pos, calculator=calc)
+    np.testing.assert_allclose(atoms.get_potential_energy(), convert(energy_meV[0], "meV", "eV"), rtol=1e-9)
+    np.testing.assert_allclose(atoms.get_forces(), convert(forces_meV_A[: len(z)], "meV/Angstrom", "eV/Angstrom"),
+                               rtol=1e-4, atol=1e-6)
