@@ -6,6 +6,8 @@ where float64 (the targets and the standardisation buffers) is not supported.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 ACCELERATORS = ("auto", "cpu", "gpu")
@@ -37,3 +39,27 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
     return torch.device("cpu")
+
+
+def shared_cpu_warning(threads: int, cpus: int | None = None, load: float | None = None) -> str | None:
+    """A warning when ``threads`` torch threads are about to share CPUs that other processes keep busy.
+
+    torch's intra-op threads meet at a barrier after every operation, so one thread descheduled by another
+    process stalls them all: on this project's 2-core machine, force training with 2 threads while another
+    2-thread job ran made 1.3 steps/s instead of ~12 (docs/results.md). ``cpus`` defaults to the CPUs this
+    process may use, ``load`` to the 1-minute load average (runnable processes, ours not yet among them).
+    """
+    if threads <= 1:
+        return None
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            return None
+    if load + threads <= cpus + 0.5:
+        return None
+    return (f"threads={threads} on {cpus} CPU(s) already running ~{load:.1f} busy processes (1-minute load): "
+            "torch's threads wait for each other when they share cores, which can make training 10x slower; "
+            "set threads=1, or run on free cores (taskset)")

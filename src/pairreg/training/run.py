@@ -21,7 +21,7 @@ import yaml
 from .. import __version__
 from ..atomic import make_dirs, write_atomic, write_error
 from ..config import Config, ConfigError, config_from_dict, dump_yaml
-from ..devices import lightning_accelerator
+from ..devices import lightning_accelerator, shared_cpu_warning
 from .checkpoint import (CHECKPOINT_DIR, RESUME_KEYS, AtomicCheckpoint, CheckpointError, SafeCheckpointIO,
                          check_model_state, load_checkpoint, model_state)
 from .callbacks import LrControl, detach_weight_averaging, weight_averaging
@@ -222,6 +222,9 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     accelerator = lightning_accelerator(cfg.accelerator)  # auto: CUDA if there is one, else CPU; refused before any write
     owner = launcher_rank_zero()
+    busy = shared_cpu_warning(torch.get_num_threads()) if accelerator == "cpu" and owner else None
+    if busy:
+        print(f"pairreg train: warning: {busy}", file=sys.stderr)
     # everything that can be refused is checked before the first write into the run directory
     if resume:
         run_dir = Path(os.environ.get(RUN_DIR_ENV) or Path(cfg.out) / cfg.name)
