@@ -35,11 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from pairreg.atomic import make_dirs, write_atomic  # noqa: E402
-from pairreg.md import stability  # noqa: E402
-from pairreg.md.run import MDSettings, jsonable, run_md  # noqa: E402
+from pairreg.atomic import make_dirs, write_atomic
+from pairreg.md import stability
+from pairreg.md.run import MDSettings, jsonable, run_md
 
 THERMOSTATS = ("nve", "langevin")
 DEFAULT_ROOT = "/work/shared/data/rmd17"
