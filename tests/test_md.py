@@ -259,7 +259,14 @@ def test_pairreg_md_runs_a_trained_model_and_reports(rmd17_run, tmp_path, capsys
     xyz, out = _ethanol_xyz(tmp_path), tmp_path / "md.extxyz"
     args = ["md", str(xyz), "--checkpoint", str(rmd17_run), "--steps", "6", "--timestep", "0.5",
             "--temperature", "300", "--out", str(out), "--log-every", "2", "--no-progress", "--seed", "4"]
-    assert main(args + ["--json"]) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(args + ["--json", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     report = json.loads(capsys.readouterr().out)
     assert report["steps_run"] == 6 and report["simulated_ps"] == pytest.approx(0.003) and report["fell_apart"] is None
     assert report["formula"] == "C2H6O" and report["bonds_start"] == 8 and report["settings"]["seed"] == 4
@@ -316,6 +323,8 @@ def test_pairreg_md_bad_input_is_one_line_before_the_model_loads(tmp_path, capsy
     assert capsys.readouterr().err.strip().startswith(f"pairreg md: error: {bad}:")
     assert main(["md", str(bad), *common[:-2], "--timestep", "0", "--out", "x"]) == 2
     assert "--timestep must be a positive number of fs" in capsys.readouterr().err
+    assert main(["md", str(bad), *common, "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_the_progress_bar_goes_to_stderr_and_counts_steps(tmp_path, capsys):

@@ -38,24 +38,34 @@ def add_parser(sub):
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="the model's precision: float32 (as trained) or float64 (smoother energies for long NVE "
                         "runs; slower)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's; on a machine busy with other jobs use 1, see "
+                        "docs/training.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args) -> int:
     from ..data.readers import geometry_warnings
-    from ..md.run import MDSettings, MoleculeFellApart, format_report, jsonable, read_start, run_md
+    from ..md.run import MDError, MDSettings, MoleculeFellApart, format_report, jsonable, read_start, run_md
 
     # Settings and input first: mistakes are refused before the model (and torch) loads.
     settings = MDSettings(steps=args.steps, timestep_fs=args.timestep, temperature_K=args.temperature,
                           thermostat=args.thermostat, friction_per_fs=args.friction, seed=args.seed,
                           log_every=args.log_every)
     settings.check()
+    if args.threads is not None and args.threads < 1:
+        raise MDError(f"--threads must be at least 1, got {args.threads}")
     atoms, mol = read_start(args.file, args.frame)
     for message in geometry_warnings(mol):
         print(f"pairreg md: warning: {message}", file=sys.stderr)
 
+    import torch
+
     from ..ase import PairregCalculator
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     checkpoint = args.checkpoint[0] if len(args.checkpoint) == 1 else list(args.checkpoint)
     calc = PairregCalculator(checkpoint, accelerator=args.accelerator, dtype=args.dtype)
