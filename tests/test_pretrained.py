@@ -22,7 +22,7 @@ ETHANOL = "rmd17-ethanol-pairreg"
 
 
 def test_the_shipped_models_are_listed_and_the_default_is_qm9():
-    assert {pretrained.DEFAULT, ETHANOL} <= set(pretrained.names())
+    assert {pretrained.DEFAULT, ETHANOL, "qm9-homo-residual"} <= set(pretrained.names())
     assert pretrained.DEFAULT == "qm9-homo-lumo-gap-pairreg"
 
 
@@ -46,3 +46,18 @@ def test_shipped_ethanol_model_matches_its_card_on_unseen_test_frames():
     np.testing.assert_allclose(atoms.get_potential_energy(), convert(energy_meV[0], "meV", "eV"), rtol=1e-9)
     np.testing.assert_allclose(atoms.get_forces(), convert(forces_meV_A[: len(z)], "meV/Angstrom", "eV/Angstrom"),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_shipped_qm9_homo_model_matches_its_card_on_typical_sample_molecules(qm9_sample_env):
+    """The one-hour QM9 HOMO model on the sample's typical (9 heavy atoms) molecules: MAE of the size of its
+    test MAE (a Hartree/eV slip would be off by orders of magnitude)."""
+    from pairreg.data import qm9
+
+    model, info = load_model(pretrained.PREFIX + "qm9-homo-residual")
+    assert info["target_names"] == ["homo"] and info["target_units"] == ["meV"]
+    card = info["metrics"]["test"]["test/homo_mae_meV"]
+    sample = qm9.load_qm9(["homo"], verbose=False)
+    typical = [i for i in range(len(sample)) if (sample.atoms(i)[0] > 1).sum() == 9]
+    b = sample.collate(np.asarray(typical))
+    mae = np.abs(model.predict(b.z, b.pos, b.batch).numpy()[:, 0] - sample.y[typical, 0]).mean()
+    assert 0.3 * card < mae < 1.5 * card, (mae, card)
