@@ -221,7 +221,7 @@ class MoleculeModel(nn.Module):
 
 def elements_of(cfg) -> tuple[int, ...]:
     """Atomic numbers the model of ``cfg`` embeds, ascending: the ``elements`` key (symbols), else H, C, N, O, F."""
-    if not getattr(cfg, "elements", None):
+    if not cfg.elements:
         return DEFAULT_ELEMENTS
     from ase.data import atomic_numbers
 

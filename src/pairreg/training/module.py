@@ -63,7 +63,7 @@ class PropertyModule(L.LightningModule):
         self.force_unit = force_unit
         self.max_atoms_train = max_atoms_train
         self.model = build_model(cfg, target_mean, target_scale, atom_ref)
-        if getattr(cfg, "freeze_layers", 0):  # fine-tuning: the embedding and the first K layers stay fixed
+        if cfg.freeze_layers:  # fine-tuning: the embedding and the first K layers stay fixed
             from .finetune import freeze_layers
 
             freeze_layers(self.model, cfg.freeze_layers)

@@ -75,7 +75,7 @@ def _check_same_split(path: Path, dm: MoleculeDataModule) -> None:
         if name not in found or not np.array_equal(found[name], dm.dataset.mol_ids[idx]):
             raise RunDirectoryError(f"{path}: the {name} split of the data found now differs from the one this run "
                                     "started with; resume with the same data")
-    if digest is not None and getattr(dm, "fingerprint", None) not in (None, digest):
+    if digest is not None and dm.fingerprint not in (None, digest):
         raise RunDirectoryError(f"{path}: {dm.cfg.data_path} has changed since this run started (SHA-256 "
                                 f"{dm.fingerprint[:12]}..., was {digest[:12]}...); resume with the same file")
 
@@ -256,13 +256,14 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
 
     from ..models.model import elements_of
 
+    elements = elements_of(cfg)
     atom_ref = element_references(cfg, dm.dataset, dm.split["train"])  # None unless compositions vary
-    mean, scale = target_statistics(dm.dataset, dm.split["train"], cfg.energy_scale, atom_ref, elements_of(cfg))
+    mean, scale = target_statistics(dm.dataset, dm.split["train"], cfg.energy_scale, atom_ref, elements)
     names, units = dm.dataset.target_names, dm.dataset.target_units
     if parent is not None:  # targets the parent had keep its standardisation, so the run starts from its predictions
         from .finetune import merge_statistics
 
-        mean, scale, atom_ref = merge_statistics(parent, names, units, mean, scale, atom_ref, len(elements_of(cfg)))
+        mean, scale, atom_ref = merge_statistics(parent, names, units, mean, scale, atom_ref, len(elements))
     force_unit = dm.dataset.force_unit if dm.dataset.forces is not None else None
     max_atoms = int(dm.dataset.n_atoms[dm.split["train"]].max())
     module = PropertyModule(cfg, names, units, mean, scale, force_unit=force_unit, max_atoms_train=max_atoms,
