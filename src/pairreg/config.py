@@ -45,10 +45,11 @@ class Config:
     test_frac: typing.Optional[float] = None  # extxyz: fraction of frames for test (None: 0.1); train: the rest
     elements: typing.Optional[list] = None  # element symbols the model embeds (None: H,C,N,O,F)
     # --- model ---
+    backbone: str = "egnn"  # egnn | painn (needs cutoff_A and n_rbf; the paper: 5 Å, 20 Bessel functions)
     hidden: int = 128
     n_layers: int = 9
-    node_attr: bool = True  # feed input atom features into every φ_h (EGNN's QM9 model)
-    coord_act: str = "tanh"  # hidden activation of φ_x: tanh (PairReg) or silu (EGNN)
+    node_attr: bool = True  # feed input atom features into every φ_h (EGNN's QM9 model; egnn only)
+    coord_act: str = "tanh"  # hidden activation of φ_x: tanh (PairReg) or silu (EGNN); egnn only
     n_rbf: int = 0  # radial basis functions of the distance in φ_e (0: EGNN's raw d² only; not the paper's)
     rbf_max_A: float = 10.0  # Gaussians: last basis centre, Å (centres evenly spaced from 0 Å)
     rbf: str = "gaussian"  # gaussian | bessel: DimeNet's Bessel functions × polynomial envelope (p = 6), r_c = cutoff_A
@@ -130,6 +131,7 @@ MITIGATION_KEYS = ("residual", "coord_mix", "update_coords", "reg_layers", "reg_
                    "coord_noise", "ablation", "pairnorm_mode", "pairnorm_scale", "g2_p", "g2_aggregation")
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _CHOICES = {
+    "backbone": ("egnn", "painn"),
     "coord_act": ("tanh", "silu"),
     "rbf": ("gaussian", "bessel"),
     "optimizer": ("adam", "adamw"),
@@ -415,6 +417,9 @@ def validate(cfg: Config) -> Config:
     if cfg.rbf == "bessel" and cfg.cutoff_A is None:
         raise ConfigError("rbf=bessel needs cutoff_A (Å), the r_c where its functions vanish (it is also the graph's "
                           "radius cutoff; a value above the largest molecule keeps the complete graph)")
+    if cfg.backbone == "painn" and (cfg.cutoff_A is None or cfg.n_rbf < 1):
+        raise ConfigError(f"backbone=painn needs cutoff_A (Å) and n_rbf >= 1 (got {cfg.cutoff_A}, {cfg.n_rbf}): its "
+                          "filters read a radial basis inside a cosine cutoff (the paper: cutoff_A=5 n_rbf=20 rbf=bessel)")
     if cfg.rbf == "bessel" and cfg.n_rbf < 1:
         raise ConfigError("rbf=bessel: set n_rbf >= 1 (n_rbf=0 means no distance basis)")
     for key in ("weight_decay", "warmup_epochs", "lr_min", "num_workers", "n_rbf"):
@@ -425,7 +430,7 @@ def validate(cfg: Config) -> Config:
     if cfg.lr_min > cfg.lr:
         raise ConfigError(f"lr_min={cfg.lr_min} exceeds lr={cfg.lr}")
     try:  # the mitigation checks its own switches (e.g. reg_target set while update_coords is off)
-        build_mitigation(cfg.mitigation, 1, 2, **cfg.mitigation_options())
+        build_mitigation(cfg.mitigation, 1, 2, backbone=cfg.backbone, **cfg.mitigation_options())
     except ValueError as err:
         raise ConfigError(f"mitigation={cfg.mitigation!r}: {err}") from None
     _check_recipe(cfg)

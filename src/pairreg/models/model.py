@@ -1,4 +1,4 @@
-"""The molecule model: atom embedding → EGNN backbone (+ mitigation) → readout → physical units.
+"""The molecule model: atom embedding → backbone (EGNN or PaiNN, + mitigation) → readout → physical units.
 
 A plain ``nn.Module`` taking tensors::
 
@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from ..data.graphs import complete_graph_edges, radius_graph
+from .backbones import BACKBONES
 from .backbones.egnn import EGNNBackbone
+from .backbones.painn import PaiNNBackbone
 from .mitigations import GraphContext, build_mitigation
 from .radial import polynomial_envelope
 
@@ -60,12 +62,14 @@ def complete_graph(batch: torch.Tensor, n_molecules: int | None = None) -> torch
 
 
 class MoleculeModel(nn.Module):
-    """EGNN-style molecular property model with a pluggable oversmoothing mitigation.
+    """Molecular property model: a message-passing backbone with a pluggable oversmoothing mitigation.
 
     Args:
         n_targets: number of graph-level outputs (default 1).
         hidden: feature width H (default 128, as EGNN).
-        n_layers: number of EGCLs (default 9, PairReg's depth; EGNN used 7).
+        n_layers: number of layers (default 9, PairReg's depth; EGNN used 7).
+        backbone: ``"egnn"`` (default; models/backbones/egnn.py) or ``"painn"`` (models/backbones/painn.py,
+            which needs ``cutoff_A`` and ``n_rbf`` and reads neither ``node_attr`` nor ``coord_act``).
         mitigation: registered name, ``"pairreg"`` (default), ``"none"``, ``"residual"``.
         mitigation_options: keyword options of the mitigation (e.g. ``{"reg_weight": 1.0}``).
         node_attr: concatenate the input atom features into φ_h of every layer (EGNN's QM9 model; default True).
@@ -100,15 +104,22 @@ class MoleculeModel(nn.Module):
         target_mean=None,
         target_scale=None,
         atom_ref=None,
+        backbone: str = "egnn",
     ):
         super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone={backbone!r} is not valid; choose one of {list(BACKBONES)}")
         self.features = AtomFeatures(elements, charge_power=charge_power)
         self.embedding = nn.Linear(self.features.dim, hidden)
-        self.node_attr = node_attr
+        self.node_attr = node_attr and backbone == "egnn"  # only EGNN's φ_h reads the atom features again
         self.cutoff_A = None if cutoff_A is None else float(cutoff_A)
-        mit = build_mitigation(mitigation, n_layers, hidden, **(mitigation_options or {}))
-        self.backbone = EGNNBackbone(n_layers, hidden, mit, self.features.dim if node_attr else 0, coord_act,
-                                     n_rbf=n_rbf, rbf_max_A=rbf_max_A, rbf=rbf, cutoff_A=cutoff_A)
+        mit = build_mitigation(mitigation, n_layers, hidden, backbone=backbone, **(mitigation_options or {}))
+        if backbone == "painn":
+            self.backbone = PaiNNBackbone(n_layers, hidden, mit, n_rbf=n_rbf, cutoff_A=cutoff_A, rbf=rbf,
+                                          rbf_max_A=rbf_max_A)
+        else:
+            self.backbone = EGNNBackbone(n_layers, hidden, mit, self.features.dim if node_attr else 0, coord_act,
+                                         n_rbf=n_rbf, rbf_max_A=rbf_max_A, rbf=rbf, cutoff_A=cutoff_A)
         self.node_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.graph_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_targets))
         mean = torch.zeros(n_targets) if target_mean is None else torch.as_tensor(np.asarray(target_mean), dtype=torch.float64)
@@ -236,4 +247,5 @@ def build_model(cfg, target_mean=None, target_scale=None, atom_ref=None) -> Mole
         mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
         n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, rbf=cfg.rbf, cutoff_A=cfg.cutoff_A,
         elements=elements_of(cfg), target_mean=target_mean, target_scale=target_scale, atom_ref=atom_ref,
+        backbone=cfg.backbone,
     )

@@ -9,6 +9,9 @@ Both bases take distances of shape (n_edges, 1) in Å and return (n_edges, n_rbf
   the polynomial envelope u(d) below, so each feature and its first two derivatives vanish at r_c.
   The frequencies nπ/r_c are fixed (DimeNet and NequIP can train them; we do not).
 
+:func:`cosine_cutoff` is the cutoff of SchNet and PaiNN, f(d) = ½ (cos(πd/r_c) + 1) below r_c, 0 beyond
+(zero with its first derivative at r_c).
+
 :func:`polynomial_envelope` is DimeNet's u(d) with p = 6, x = d/r_c::
 
     u = 1 − (p+1)(p+2)/2 · x^p + p(p+2) · x^(p+1) − p(p+1)/2 · x^(p+2)   for x < 1,   0 for x ≥ 1
@@ -36,6 +39,12 @@ def polynomial_envelope(dist: torch.Tensor, cutoff_A: float, p: int = ENVELOPE_P
     return torch.where(x < 1, u, torch.zeros_like(u))
 
 
+def cosine_cutoff(dist: torch.Tensor, cutoff_A: float) -> torch.Tensor:
+    """f(d) = ½ (cos(πd/r_c) + 1) for d < r_c, else 0 (same shape as ``dist``, Å)."""
+    f = 0.5 * (torch.cos(dist * (math.pi / cutoff_A)) + 1.0)
+    return torch.where(dist < cutoff_A, f, torch.zeros_like(f))
+
+
 class GaussianBasis(nn.Module):
     """``n_rbf`` Gaussians, centres 0 … ``rbf_max_A`` Å evenly spaced, width = the spacing (Å)."""
 
@@ -55,12 +64,16 @@ class GaussianBasis(nn.Module):
 
 
 class BesselBasis(nn.Module):
-    """``n_rbf`` Bessel functions √(2/r_c)·sin(nπd/r_c)/d with fixed frequencies, times u(d); r_c = ``cutoff_A`` (Å)."""
+    """``n_rbf`` Bessel functions √(2/r_c)·sin(nπd/r_c)/d with fixed frequencies, times u(d); r_c = ``cutoff_A`` (Å).
 
-    def __init__(self, n_rbf: int, cutoff_A: float):
+    ``envelope=False`` drops u(d): PaiNN's basis, whose filters are multiplied by the cosine cutoff instead.
+    """
+
+    def __init__(self, n_rbf: int, cutoff_A: float, envelope: bool = True):
         super().__init__()
         self.n_rbf = n_rbf
         self.cutoff_A = float(cutoff_A)
+        self.envelope = envelope
         # n = 1 … n_rbf as a buffer (exact in any dtype); π/r_c stays a Python float, so float64 models get
         # float64 frequencies rather than float32 ones cast up
         self.register_buffer("n", torch.arange(1, n_rbf + 1, dtype=torch.get_default_dtype()), persistent=False)
@@ -69,10 +82,11 @@ class BesselBasis(nn.Module):
     def forward(self, dist: torch.Tensor) -> torch.Tensor:
         """(n_edges, 1) Å → (n_edges, n_rbf); zero from r_c on. ``dist`` must be > 0 (no self-pairs)."""
         phase = self.n * (dist * (math.pi / self.cutoff_A))  # (n_edges, n_rbf) nπd/r_c
-        return self.prefactor * torch.sin(phase) / dist * polynomial_envelope(dist, self.cutoff_A)
+        basis = self.prefactor * torch.sin(phase) / dist
+        return basis * polynomial_envelope(dist, self.cutoff_A) if self.envelope else basis
 
     def extra_repr(self) -> str:
-        return f"n_rbf={self.n_rbf}, cutoff_A={self.cutoff_A}"
+        return f"n_rbf={self.n_rbf}, cutoff_A={self.cutoff_A}" + ("" if self.envelope else ", envelope=False")
 
 
 def build_basis(rbf: str, n_rbf: int, rbf_max_A: float, cutoff_A: float | None) -> nn.Module:

@@ -6,6 +6,7 @@ random translation t and a random permutation P of the atoms inside each molecul
 
     f(P(x Qᵀ + t)) = f(x)                 for the invariant prediction
     x_L(P(x Qᵀ + t)) = P(x_L(x) Qᵀ + t)   for every layer's coordinates
+    v_L(P(x Qᵀ + t)) = P(Q v_L(x))        for every layer's vector features (PaiNN), polar vectors
 
 Shipped in the package so a new backbone or mitigation gets the battery for free.
 """
@@ -60,10 +61,15 @@ def equivariance_errors(model, zs, ps, det: int, rng, dtype=torch.float64) -> di
         expected = (x1.double() @ q.T + t)[flat]
         coord_err = max(coord_err, float((x2.double() - expected).abs().max()))
     feat_err = max(float((h2.double() - h1.double()[flat]).abs().max()) for h1, h2 in zip(r1.h, r2.h))
+    vec_err = 0.0
+    for v1, v2 in zip(r1.v, r2.v):  # (n_atoms, 3, H): rotate the middle axis
+        expected = torch.einsum("ab,nbh->nah", q, v1.double())[flat]
+        vec_err = max(vec_err, float((v2.double() - expected).abs().max()))
     return {
         "output": float((y1.double() - y2.double()).abs().max()),
         "coords": coord_err,
         "features": feat_err,
+        "vectors": vec_err,
         "output_scale": float(y1.double().abs().max()),
     }
 
@@ -77,10 +83,10 @@ def assert_equivariant(model, sizes=(5, 9), trials: int = 2, dtype=torch.float64
         zs, ps = random_molecules(sizes, rng)
         for det in (1, -1):
             errs = equivariance_errors(model, zs, ps, det, rng, dtype)
-            for key in ("output", "coords", "features"):
+            for key in ("output", "coords", "features", "vectors"):
                 worst[key] = max(worst.get(key, 0.0), errs[key])
                 if errs[key] > atol:
-                    raise AssertionError(f"{key} not {'invariant' if key != 'coords' else 'equivariant'} "
+                    raise AssertionError(f"{key} not {'equivariant' if key in ('coords', 'vectors') else 'invariant'} "
                                          f"(det {det:+d}, trial {trial}): error {errs[key]:.3g} > {atol:.1g}")
     return worst
 
@@ -106,3 +112,6 @@ def assert_batch_independent(model, sizes=(4, 7, 11), dtype=torch.float64, atol:
             xerr = max(float((x1 - xb[mol]).abs().max()) for x1, xb in zip(rec1.x, rec.x))
             if xerr > atol:
                 raise AssertionError(f"molecule {k}: coordinates batched vs alone differ by {xerr:.3g}")
+            verr = max((float((v1 - vb[mol]).abs().max()) for v1, vb in zip(rec1.v, rec.v)), default=0.0)
+            if verr > atol:
+                raise AssertionError(f"molecule {k}: vector features batched vs alone differ by {verr:.3g}")

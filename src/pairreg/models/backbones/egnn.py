@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..state import LayerRecord, LayerState  # noqa: F401  (LayerRecord: re-exported)
 from ..radial import build_basis
 
 
@@ -126,6 +127,14 @@ class EGCL(nn.Module):
         return h_new, x + shift * inv_deg
 
 
+    def gate_scalars(self, state, graph) -> torch.Tensor:
+        """(n_atoms, H) this layer's features from a :class:`LayerState`, positions unused by the caller: how
+        G2 runs a gate layer (C is irrelevant without a coordinate update)."""
+        ones = torch.ones(len(state.h), 1, dtype=state.h.dtype, device=state.h.device)
+        h, _ = self(state.h, state.x, graph.edge_index, ones, graph.node_attr, graph.edge_weight)
+        return h
+
+
 class EGNNBackbone(nn.Module):
     """A stack of ``n_layers`` EGCLs; after each, the mitigation combines (h, x) with the previous pair.
 
@@ -149,28 +158,10 @@ class EGNNBackbone(nn.Module):
     def forward(self, h, x, edge_index, inv_deg, graph, node_attr=None):
         record = LayerRecord(x_input=x)
         h, x = self.mitigation.begin(h, x, graph)
-        record.append(h, x)
+        state = LayerState(h, x)
+        record.append(state.h, state.x)
         for layer_idx, layer in enumerate(self.layers):
-            h_new, x_new = layer(h, x, edge_index, inv_deg, node_attr, graph.edge_weight)
-            h, x = self.mitigation.combine(layer_idx, h, x, h_new, x_new, graph, record)
-            record.append(h, x)
-        return h, x, record
-
-
-class LayerRecord:
-    """Node features and coordinates after each layer: ``h[0]``/``x[0]`` are the inputs to layer 1.
-
-    ``x_input`` holds the clean input coordinates (before any training noise).
-    """
-
-    def __init__(self, x_input):
-        self.x_input = x_input
-        self.h: list[torch.Tensor] = []
-        self.x: list[torch.Tensor] = []
-
-    def append(self, h, x) -> None:
-        self.h.append(h)
-        self.x.append(x)
-
-    def __len__(self) -> int:
-        return len(self.h)
+            h_new, x_new = layer(state.h, state.x, edge_index, inv_deg, node_attr, graph.edge_weight)
+            state = self.mitigation.combine_state(layer_idx, state, LayerState(h_new, x_new), graph, record)
+            record.append(state.h, state.x)
+        return state.h, state.x, record

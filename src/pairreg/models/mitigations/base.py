@@ -1,11 +1,18 @@
 """The mitigation contract: how the layers of a deep EGNN are joined, and what extra loss they carry.
 
-A mitigation has three hooks, all optional except :meth:`combine`:
+A mitigation has these hooks, all optional except :meth:`combine`:
 
 * :meth:`begin` — may change the input pair (h₀, x₀), e.g. add training noise;
 * :meth:`combine` — between layers: turns the previous pair and the layer's output into the
   next pair (residuals, normalisation, gating, coordinate transmission);
+* :meth:`combine_vectors` — the same for vector features (n_atoms, 3, H), on backbones that have
+  them (PaiNN); the default keeps the layer's output;
 * :meth:`extra_loss` — a regulariser computed from the per-layer record, added to the task loss.
+
+Backbones call :meth:`combine_state` with the whole :class:`LayerState` (scalars, positions, vectors).
+A mitigation is built for one backbone (``backbone=``): on one that keeps positions fixed (PaiNN) the
+coordinate switches have nothing to act on, and each mitigation says what it does instead or refuses
+by name (docs/method.md, "Mitigations on other backbones").
 
 Mitigations are registered by name (see :func:`register`); configs name them, never import paths.
 """
@@ -18,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..state import LayerState
+
 
 @dataclass
 class GraphContext:
@@ -28,6 +37,20 @@ class GraphContext:
     n_molecules: int
     node_attr: torch.Tensor | None = None  # (n_atoms, A) the attributes every EGCL's φ_h reads, or None
     edge_weight: torch.Tensor | None = None  # (n_edges, 1) cutoff envelope u(d⁰_ij) of each edge; None: complete graph
+    edges: object | None = None  # the backbone's per-edge geometry, computed once per forward (PaiNN's basis)
+
+
+#: backbones whose layers never move the positions (their equivariant information lives in vector features)
+FIXED_POSITIONS = frozenset({"painn"})
+#: backbones whose layers add their updates to their input themselves (a second additive skip doubles it)
+RESIDUAL_LAYERS = frozenset({"painn"})
+
+
+def refuse_additive_skip(what: str, backbone: str) -> None:
+    if backbone in RESIDUAL_LAYERS:
+        raise ValueError(f"{what} on backbone {backbone!r}: its layers already add their updates to their input "
+                         "(s + Δs, v + Δv), so a second additive skip would double it every layer; use "
+                         "mitigation=none for the published model")
 
 
 class Mitigation(nn.Module):
@@ -36,10 +59,21 @@ class Mitigation(nn.Module):
     #: whether EGCLs compute coordinate updates under this mitigation
     update_coords: bool = False
 
-    def __init__(self, n_layers: int, hidden: int):
+    def __init__(self, n_layers: int, hidden: int, backbone: str = "egnn"):
         super().__init__()
         self.n_layers = n_layers
         self.hidden = hidden
+        self.backbone = backbone
+
+    @property
+    def positions_fixed(self) -> bool:
+        """Whether this mitigation's backbone keeps positions fixed (no coordinate updates to combine)."""
+        return self.backbone in FIXED_POSITIONS
+
+    def refuse_moving_positions(self, update_coords) -> None:
+        """update_coords=True asked for on a backbone that cannot move positions: say so by name."""
+        if update_coords and self.positions_fixed:
+            raise ValueError(f"update_coords=True: backbone {self.backbone!r} keeps positions fixed")
 
     def attach_layers(self, make_layer) -> None:
         """Called once by the backbone: ``make_layer()`` builds an EGCL configured like the backbone's
@@ -51,6 +85,16 @@ class Mitigation(nn.Module):
 
     def combine(self, layer: int, h_prev, x_prev, h_new, x_new, graph: GraphContext, record):
         raise NotImplementedError
+
+    def combine_vectors(self, layer: int, v_prev, v_new, graph: GraphContext, record):
+        """Vector features of the next layer (n_atoms, 3, H); default: the layer's output, v_l = ṽ_l."""
+        return v_new
+
+    def combine_state(self, layer: int, prev: LayerState, new: LayerState, graph: GraphContext, record) -> LayerState:
+        """The next layer's whole state from the previous one and the layer's output."""
+        h, x = self.combine(layer, prev.h, prev.x, new.h, new.x, graph, record)
+        v = None if new.v is None else self.combine_vectors(layer, prev.v, new.v, graph, record)
+        return LayerState(h, x, v)
 
     def extra_loss(self, record, graph: GraphContext) -> torch.Tensor | None:
         return None

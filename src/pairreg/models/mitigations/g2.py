@@ -10,6 +10,10 @@ the backbone like its own layers (``attach_layers``), so they read the same edge
     h_l = (1 − τ) ⊙ h_{l−1} + τ ⊙ σ(h̃_l)
 
 σ is ReLU, as in the G2 paper. Identical τ̂ over a molecule gives τ = 0 and h_l = h_{l−1}.
+
+On PaiNN the gates are PaiNN layers (their scalar output gives τ̂), and the same per-channel τ, an
+invariant, gates the vector features: v_l = (1 − τ) ⊙ v_{l−1} + τ ⊙ ṽ_l (no σ on vectors: a ReLU of
+a vector's components would break rotation equivariance).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from torch import nn
 
 from ..backbones.egnn import EGCL
-from .base import Mitigation, register
+from .base import LayerState, Mitigation, register
 
 
 @register("g2")
@@ -33,8 +37,9 @@ class GradientGating(Mitigation):
     """
 
     def __init__(self, n_layers: int, hidden: int, g2_p: float | None = None, g2_aggregation: str | None = None,
-                 update_coords: bool | None = None):
-        super().__init__(n_layers, hidden)
+                 update_coords: bool | None = None, backbone: str = "egnn"):
+        super().__init__(n_layers, hidden, backbone)
+        self.refuse_moving_positions(update_coords)
         self.p = 2.0 if g2_p is None else float(g2_p)
         if self.p < 1:
             raise ValueError(f"g2_p must be >= 1, got {self.p}")
@@ -43,7 +48,7 @@ class GradientGating(Mitigation):
             raise ValueError(f"g2_aggregation={g2_aggregation!r} is not valid; choose one of ['sum', 'mean']")
         self.update_coords = bool(update_coords) if update_coords is not None else False
         # bare gates for use on its own; a backbone rebuilds them like its layers (attach_layers)
-        self.attach_layers(lambda: EGCL(hidden, update_coords=False))
+        self.attach_layers(lambda: EGCL(hidden, update_coords=False))  # EGCL.gate_scalars runs them
 
     def attach_layers(self, make_layer) -> None:
         self.gates = nn.ModuleList(make_layer() for _ in range(self.n_layers))
@@ -69,8 +74,19 @@ class GradientGating(Mitigation):
             agg = agg / deg.clamp(min=1)
         return torch.tanh(agg)
 
+    def gate(self, layer: int, prev: LayerState, graph) -> torch.Tensor:
+        """(n_atoms, H) τ of layer ``layer`` from its input state."""
+        tau_hat = self.gates[layer].gate_scalars(prev, graph)
+        return self.rates(torch.relu(tau_hat), graph.edge_index, graph.edge_weight)
+
     def combine(self, layer, h_prev, x_prev, h_new, x_new, graph, record):
-        ones = torch.ones(len(h_prev), 1, dtype=h_prev.dtype, device=h_prev.device)  # C unused: no coordinate update
-        tau_hat, _ = self.gates[layer](h_prev, x_prev, graph.edge_index, ones, graph.node_attr, graph.edge_weight)
-        tau = self.rates(torch.relu(tau_hat), graph.edge_index, graph.edge_weight)
+        tau = self.gate(layer, LayerState(h_prev, x_prev), graph)
         return (1 - tau) * h_prev + tau * torch.relu(h_new), x_new
+
+    def combine_state(self, layer, prev, new, graph, record):
+        if new.v is None:
+            return super().combine_state(layer, prev, new, graph, record)
+        tau = self.gate(layer, prev, graph)  # (n_atoms, H), one τ for a channel's scalar and its vector
+        h = (1 - tau) * prev.h + tau * torch.relu(new.h)
+        v = (1 - tau).unsqueeze(1) * prev.v + tau.unsqueeze(1) * new.v  # (n_atoms, 3, H)
+        return LayerState(h, new.x, v)

@@ -14,7 +14,7 @@ value taken from the paper.
 
 from __future__ import annotations
 
-from .base import register
+from .base import FIXED_POSITIONS, register
 from .pairreg import PairReg
 
 
@@ -22,9 +22,13 @@ from .pairreg import PairReg
 class NoisyNodes(PairReg):
     """Args: coord_noise σ in Å (default 0.02), reg_weight λ (default 0.1)."""
 
-    def __init__(self, n_layers: int, hidden: int, coord_noise: float | None = None, reg_weight: float | None = None):
+    def __init__(self, n_layers: int, hidden: int, coord_noise: float | None = None, reg_weight: float | None = None,
+                 backbone: str = "egnn"):
+        if backbone in FIXED_POSITIONS:
+            raise ValueError(f"mitigation 'noisynodes' on backbone {backbone!r}: Noisy Nodes regresses the last "
+                             "layer's positions to the clean input, and this backbone keeps positions fixed")
         super().__init__(
             n_layers, hidden, residual="none", coord_mix="replace", update_coords=True, reg_layers="last",
             reg_target="input", reg_weight=0.1 if reg_weight is None else reg_weight,
-            coord_noise=0.02 if coord_noise is None else coord_noise,
+            coord_noise=0.02 if coord_noise is None else coord_noise, backbone=backbone,
         )

@@ -9,7 +9,10 @@ taken over the atoms of one molecule, never across molecules)::
                                                  PairNorm authors' code writes it)
 
 PN and PN-SI are PyTorch Geometric's ``PairNorm`` (given the batch vector); PN-SCS is ours.
-Coordinates are handled as in the plain stack.
+Coordinates are handled as in the plain stack. Vector features (PaiNN) are not normalised and pass on
+as the layer gave them: centring each channel of a vector over a molecule's atoms and dividing by a
+norm is fine for scalars, but PairNorm's per-channel statistics over the three components of a vector
+would mix them and break rotation equivariance.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ class PairNormMitigation(Mitigation):
     """
 
     def __init__(self, n_layers: int, hidden: int, pairnorm_mode: str | None = None,
-                 pairnorm_scale: float | None = None, update_coords: bool | None = None):
-        super().__init__(n_layers, hidden)
+                 pairnorm_scale: float | None = None, update_coords: bool | None = None, backbone: str = "egnn"):
+        super().__init__(n_layers, hidden, backbone)
+        self.refuse_moving_positions(update_coords)
         mode = (pairnorm_mode or "pn").lower().replace("_", "-")
         if mode not in MODES:
             raise ValueError(f"pairnorm_mode={pairnorm_mode!r} is not valid; choose one of {list(MODES)}")

@@ -9,6 +9,13 @@ Intended form (the paper's Eqs. 6–8 are missing from its text; the authors' sc
 
 Every other reading of the paper's words is a switch (docs/method.md sets each beside the
 paper's phrase).
+
+On a backbone that keeps positions fixed and carries vector features (PaiNN), the coordinate
+transmission becomes the same averaging of the vector features, v_l = ½ (v_{l−1} + ṽ_l) (``coord_mix``
+chooses average or replace for them; the node-only ablation replaces), the residual acts on the
+scalars as above, and the coordinate regulariser is off: positions never move, so there is nothing
+to regress. Setting ``update_coords``, ``reg_weight`` > 0, ``reg_layers``, ``reg_target`` or
+``coord_noise`` there is refused by name.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Mitigation, register
+from .base import Mitigation, refuse_additive_skip, register
 
 RESIDUALS = ("none", "add", "concat-project", "dense-concat")
 COORD_MIXES = ("replace", "average")
@@ -64,9 +71,24 @@ class PairReg(Mitigation):
         reg_weight: float | None = None,
         coord_noise: float | None = None,
         ablation: str | None = None,
+        backbone: str = "egnn",
     ):
-        super().__init__(n_layers, hidden)
-        ablation = _choice("ablation", ablation or "full", ABLATIONS)
+        super().__init__(n_layers, hidden, backbone)
+        ablation = requested_ablation = _choice("ablation", ablation or "full", ABLATIONS)
+        self.vector_mix = "replace"  # vector features (positions-fixed backbones only): see the module docstring
+        if self.positions_fixed:
+            for field, value in (("update_coords", update_coords), ("reg_layers", reg_layers),
+                                 ("reg_target", reg_target), ("coord_noise", coord_noise)):
+                if value is not None and value is not False:
+                    raise ValueError(f"{field}={value!r}: backbone {backbone!r} keeps positions fixed, so PairReg's "
+                                     "coordinate terms do not apply (it averages the vector features instead)")
+            if reg_weight not in (None, 0, 0.0):
+                raise ValueError(f"reg_weight={reg_weight}: backbone {backbone!r} keeps positions fixed, so the "
+                                 "coordinate regulariser would be 0")
+            mix = _choice("coord_mix", coord_mix or "average", COORD_MIXES)
+            self.vector_mix = "replace" if ablation == "node-only" else mix
+            update_coords, coord_mix, reg_weight = False, None, 0.0
+            ablation = "coord-only" if ablation == "coord-only" else "full"  # node-only's only effect is made above
         if ablation == "node-only":
             for field, value, forced in (("update_coords", update_coords, False), ("reg_weight", reg_weight, 0.0)):
                 if value is not None and value != forced:
@@ -86,8 +108,10 @@ class PairReg(Mitigation):
             if reg_weight not in (None, 0, 0.0):
                 raise ValueError(f"reg_weight={reg_weight} but update_coords is off: the regulariser would be 0")
             reg_weight = 0.0
-        self.ablation = ablation
+        self.ablation = requested_ablation
         self.residual = _choice("residual", residual or "concat-project", RESIDUALS)
+        if self.residual == "add":
+            refuse_additive_skip("PairReg's residual='add'", backbone)
         self.coord_mix = _choice("coord_mix", coord_mix or "average", COORD_MIXES)
         self.reg_layers = _choice("reg_layers", reg_layers or "last", REG_LAYERS)
         self.reg_target = _choice("reg_target", reg_target or "input", REG_TARGETS)
@@ -103,7 +127,8 @@ class PairReg(Mitigation):
     def extra_repr(self) -> str:
         return (f"residual={self.residual}, coord_mix={self.coord_mix}, update_coords={self.update_coords}, "
                 f"reg_layers={self.reg_layers}, reg_target={self.reg_target}, reg_weight={self.reg_weight}, "
-                f"coord_noise={self.coord_noise}, ablation={self.ablation}")
+                f"coord_noise={self.coord_noise}, ablation={self.ablation}"
+                + (f", vector_mix={self.vector_mix}" if self.positions_fixed else ""))
 
     def begin(self, h, x, graph):
         if self.training and self.coord_noise > 0:
@@ -126,6 +151,9 @@ class PairReg(Mitigation):
         else:
             x = x_new
         return h, x
+
+    def combine_vectors(self, layer, v_prev, v_new, graph, record):
+        return 0.5 * (v_prev + v_new) if self.vector_mix == "average" else v_new
 
     def extra_loss(self, record, graph):
         """λ · mean over chosen layers of mean_i ‖x_{l,i} − target_i‖² (Å²); None when λ = 0."""
