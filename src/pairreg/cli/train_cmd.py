@@ -5,7 +5,9 @@ from __future__ import annotations
 
 def add_parser(sub):
     p = sub.add_parser("train", help="train a model from a preset and overrides")
-    p.add_argument("--preset", help="shipped preset (qm9-demo, qm9-cpu, qm9-egnn, qm9-paper, rmd17-cpu, rmd17-paper)")
+    from ..config import preset_names
+
+    p.add_argument("--preset", help=f"shipped preset ({', '.join(preset_names())})")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue RUN_DIR from checkpoints/last.ckpt (its saved config; --set may change only "
                         "progress, threads, num_workers, accelerator, devices, strategy, num_nodes)")
