@@ -31,6 +31,12 @@ coordinate MLPs swapped for EGNN's 2H+1 → H → H, 2H → H → H and H → H 
 comparison that isolates implementation speed. The package's edge-list variant ``EGNN_Sparse`` (torch_geometric
 MessagePassing) is not measured here yet.
 
+Other backbones (``--backbones``, default every one but EGNN that the package has): ``ours <backbone>
+<mitigation>`` at the same width and depth, on the same batches — PaiNN with the paper's radial settings
+(20 Bessel functions, 5 Å cosine cutoff; QM9 molecules are mostly within 5 Å, so the graph is nearly
+complete) and ``none`` (the published model) and ``pairreg`` (docs/method.md §7). Their ratio is to ours
+``none`` on EGNN, the backbone the package started with.
+
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the first timed batch
 (forward, and forward+backward of the loss); it counts matmul-like ops only (mm/addmm/bmm,
 einsum through bmm), not index_add/gather/elementwise ops, so "achieved" rates are lower bounds.
@@ -57,12 +63,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from egnn_pytorch import EGNN
 from pairreg.data.qm9 import egnn_split, load_qm9
 from pairreg.models import MoleculeModel
+from pairreg.models.backbones import BACKBONES
 from pairreg.models.model import AtomFeatures
 from pairreg.training.losses import total_loss, task_loss
 
 PEER = "egnn-pytorch"
 MATCHED = " (EGNN widths)"  # suffix of the peer rows whose MLPs have EGNN's sizes (use_egnn_widths)
 # defaults of --layers/--steps/--warmup: "short" finishes in about 5 minutes on 2 CPU cores
+# each backbone's own model options at its published settings (EGNN's are the model's defaults)
+BACKBONE_OPTIONS = {"painn": {"cutoff_A": 5.0, "n_rbf": 20, "rbf": "bessel"}}
 PROTOCOLS = {"short": {"layers": [7], "steps": 1, "warmup": 1}, "full": {"layers": [7, 9], "steps": 20, "warmup": 3}}
 
 
@@ -191,6 +200,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="median over this many measurements")
     p.add_argument("--json", help="also write the results to this JSON file")
+    others = [b for b in BACKBONES if b != "egnn"]
+    p.add_argument("--backbones", nargs="*", choices=others, default=others,
+                   help=f"other backbones to time beside EGNN (default: {' '.join(others)}; none: no argument)")
     args = p.parse_args(argv)
     protocol = PROTOCOLS["full" if args.full else "short"]
     for key, value in protocol.items():
@@ -224,6 +236,11 @@ def main(argv=None):
             model = MoleculeModel(n_targets=1, hidden=args.hidden, n_layers=L, mitigation=mit,
                                   target_mean=mean, target_scale=scale)
             runners.append(Runner(f"ours {mit}", L, model, ours_inputs, is_peer=False))
+        for backbone in args.backbones:
+            for mit in ("none", "pairreg"):
+                model = MoleculeModel(n_targets=1, hidden=args.hidden, n_layers=L, mitigation=mit, backbone=backbone,
+                                      target_mean=mean, target_scale=scale, **BACKBONE_OPTIONS.get(backbone, {}))
+                runners.append(Runner(f"ours {backbone} {mit}", L, model, ours_inputs, is_peer=False))
         for widths, suffix in ((False, ""), (True, MATCHED)):
             for coords in (False, True):
                 peer = EGNNPytorchPeer(features.dim, args.hidden, L, update_coors=coords, egnn_widths=widths)
@@ -244,6 +261,10 @@ def main(argv=None):
                      "fwd_gflop_per_mol": fwd / flop_mols / 1e9, "train_gflop_per_mol": both / flop_mols / 1e9})
     by_key = {(row["model"], row["layers"]): row for row in rows}
     for row in rows:
+        if row["model"].split()[1] in args.backbones:  # another backbone: its speed against ours on EGNN
+            row["train_ratio_vs_egnn"] = row["train_mol_s"] / by_key[("ours none", row["layers"])]["train_mol_s"]
+            row["achieved_train_gflop_s"] = row["train_mol_s"] * row["train_gflop_per_mol"]
+            continue
         ref = {"ours none": PEER, "ours pairreg": PEER + "+x"}.get(row["model"], row["model"])
         row["train_ratio_vs_peer"] = row["train_mol_s"] / by_key[(ref, row["layers"])]["train_mol_s"]
         if row["model"].startswith("ours"):  # the same against the peer at EGNN's widths
@@ -259,10 +280,21 @@ def main(argv=None):
           "| train ratio vs egnn-pytorch at EGNN's widths | GFLOP/mol (train) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
+        if "train_ratio_vs_egnn" in row:
+            continue
         matched = row.get("train_ratio_vs_peer_egnn_widths")
         print(f"| {row['model']} | {row['layers']} | {row['train_mol_s']:.1f} | {row['infer_mol_s']:.1f} "
               f"| {row['train_ratio_vs_peer']:.2f} | {'–' if matched is None else f'{matched:.2f}'} "
               f"| {row['train_gflop_per_mol']:.4f} |")
+    if args.backbones:
+        print(f"\nBackbones at the same width ({args.hidden}) and depth, same batches:\n")
+        print("| model | layers | train mol/s | infer mol/s | train ratio vs ours none (EGNN) | GFLOP/mol (train) |")
+        print("|---|---|---|---|---|---|")
+        for row in rows:
+            if row["model"] in ("ours none", "ours pairreg") or "train_ratio_vs_egnn" in row:
+                ratio = row.get("train_ratio_vs_egnn", row["train_mol_s"] / by_key[("ours none", row["layers"])]["train_mol_s"])
+                print(f"| {row['model']} | {row['layers']} | {row['train_mol_s']:.1f} | {row['infer_mol_s']:.1f} "
+                      f"| {ratio:.2f} | {row['train_gflop_per_mol']:.4f} |")
     print("\nNotes: 'ours none' is compared with egnn-pytorch (update_coors=False), 'ours pairreg' and "
           "egnn-pytorch+x with egnn-pytorch+x (update_coors=True). egnn-pytorch's own hidden widths are "
           "fixed (edge MLP 514, coordinate MLP 512), it computes all padded N_max² pairs incl. i=j, and "

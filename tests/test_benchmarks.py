@@ -36,6 +36,21 @@ def test_speed_defaults_are_the_short_protocol_and_full_is_a_flag():
     assert speed.parse_args(["--steps", "7"]).steps == 7 and speed.parse_args(["--full", "--layers", "5"]).layers == [5]
 
 
+def test_speed_times_every_other_backbone_and_can_build_each_at_its_settings():
+    """speed.py's backbone rows: every backbone but EGNN by default, each buildable with BACKBONE_OPTIONS (a new
+    backbone that needs options the table lacks would fail here, not half-way through a benchmark)."""
+    from pairreg.models import MoleculeModel
+    from pairreg.models.backbones import BACKBONES
+
+    speed = _load("speed")
+    assert speed.parse_args([]).backbones == [b for b in BACKBONES if b != "egnn"] and "painn" in BACKBONES
+    assert speed.parse_args(["--backbones"]).backbones == []
+    for backbone in speed.parse_args([]).backbones:
+        for mitigation in ("none", "pairreg"):
+            MoleculeModel(hidden=8, n_layers=2, mitigation=mitigation, backbone=backbone,
+                          **speed.BACKBONE_OPTIONS.get(backbone, {}))
+
+
 # --- benchmarks/gpu.py and its compact QM9 file (the GPU machine has neither qm9pack nor a network) ---
 
 def test_gpu_defaults_fit_one_device_call_and_quick_is_toy_sized():
