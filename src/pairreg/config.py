@@ -45,11 +45,11 @@ class Config:
     test_frac: typing.Optional[float] = None  # extxyz: fraction of frames for test (None: 0.1); train: the rest
     elements: typing.Optional[list] = None  # element symbols the model embeds (None: H,C,N,O,F)
     # --- model ---
-    backbone: str = "egnn"  # egnn | painn (needs cutoff_A and n_rbf; the paper: 5 Å, 20 Bessel functions)
+    backbone: str = "egnn"  # egnn | painn (needs cutoff_A and n_rbf; the paper: 5 Å, 20 Bessel functions) | clofnet
     hidden: int = 128
     n_layers: int = 9
     node_attr: bool = True  # feed input atom features into every φ_h (EGNN's QM9 model; egnn only)
-    coord_act: str = "tanh"  # hidden activation of φ_x: tanh (PairReg) or silu (EGNN); egnn only
+    coord_act: str = "tanh"  # hidden activation of φ_x: tanh (PairReg) or silu (EGNN); egnn and clofnet
     n_rbf: int = 0  # radial basis functions of the distance in φ_e (0: EGNN's raw d² only; not the paper's)
     rbf_max_A: float = 10.0  # Gaussians: last basis centre, Å (centres evenly spaced from 0 Å)
     rbf: str = "gaussian"  # gaussian | bessel: DimeNet's Bessel functions × polynomial envelope (p = 6), r_c = cutoff_A
@@ -131,7 +131,7 @@ MITIGATION_KEYS = ("residual", "coord_mix", "update_coords", "reg_layers", "reg_
                    "coord_noise", "ablation", "pairnorm_mode", "pairnorm_scale", "g2_p", "g2_aggregation")
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _CHOICES = {
-    "backbone": ("egnn", "painn"),
+    "backbone": ("egnn", "painn", "clofnet"),
     "coord_act": ("tanh", "silu"),
     "rbf": ("gaussian", "bessel"),
     "optimizer": ("adam", "adamw"),

@@ -1,4 +1,4 @@
-"""The molecule model: atom embedding → backbone (EGNN or PaiNN, + mitigation) → readout → physical units.
+"""The molecule model: atom embedding → backbone (EGNN, PaiNN or ClofNet, + mitigation) → readout → physical units.
 
 A plain ``nn.Module`` taking tensors::
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data.graphs import complete_graph_edges, radius_graph
 from .backbones import BACKBONES
+from .backbones.clofnet import ClofNetBackbone
 from .backbones.egnn import EGNNBackbone
 from .backbones.painn import PaiNNBackbone
 from .mitigations import GraphContext, build_mitigation
@@ -69,7 +70,9 @@ class MoleculeModel(nn.Module):
         hidden: feature width H (default 128, as EGNN).
         n_layers: number of layers (default 9, PairReg's depth; EGNN used 7).
         backbone: ``"egnn"`` (default; models/backbones/egnn.py) or ``"painn"`` (models/backbones/painn.py,
-            which needs ``cutoff_A`` and ``n_rbf`` and reads neither ``node_attr`` nor ``coord_act``).
+            which needs ``cutoff_A`` and ``n_rbf`` and reads neither ``node_attr`` nor ``coord_act``) or
+            ``"clofnet"`` (models/backbones/clofnet.py: moves coordinates like EGNN and takes the same options
+            but ``node_attr``; SE(3)-, not reflection-equivariant).
         mitigation: registered name, ``"pairreg"`` (default), ``"none"``, ``"residual"``.
         mitigation_options: keyword options of the mitigation (e.g. ``{"reg_weight": 1.0}``).
         node_attr: concatenate the input atom features into φ_h of every layer (EGNN's QM9 model; default True).
@@ -117,6 +120,9 @@ class MoleculeModel(nn.Module):
         if backbone == "painn":
             self.backbone = PaiNNBackbone(n_layers, hidden, mit, n_rbf=n_rbf, cutoff_A=cutoff_A, rbf=rbf,
                                           rbf_max_A=rbf_max_A)
+        elif backbone == "clofnet":
+            self.backbone = ClofNetBackbone(n_layers, hidden, mit, coord_act, n_rbf=n_rbf, rbf_max_A=rbf_max_A,
+                                            rbf=rbf, cutoff_A=cutoff_A)
         else:
             self.backbone = EGNNBackbone(n_layers, hidden, mit, self.features.dim if node_attr else 0, coord_act,
                                          n_rbf=n_rbf, rbf_max_A=rbf_max_A, rbf=rbf, cutoff_A=cutoff_A)

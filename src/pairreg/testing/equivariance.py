@@ -74,14 +74,21 @@ def equivariance_errors(model, zs, ps, det: int, rng, dtype=torch.float64) -> di
     }
 
 
-def assert_equivariant(model, sizes=(5, 9), trials: int = 2, dtype=torch.float64, atol: float | None = None, seed: int = 0):
-    """Raise AssertionError if any check exceeds ``atol`` (default 1e-9 in float64, 2e-4 in float32)."""
+def assert_equivariant(model, sizes=(5, 9), trials: int = 2, dtype=torch.float64, atol: float | None = None, seed: int = 0,
+                       dets=(1, -1)):
+    """Raise AssertionError if any check exceeds ``atol`` (default 1e-9 in float64, 2e-4 in float32).
+
+    ``dets``: determinants of the orthogonal maps tried, (1, −1) by default (E(3)); ``(1,)`` restricts the
+    battery to proper rotations, for SE(3)-equivariant models such as ClofNet, which reflections change.
+    """
+    if not dets or any(d not in (1, -1) for d in dets):
+        raise ValueError(f"dets={dets!r}: give determinants +1 and/or -1")
     atol = atol if atol is not None else (1e-9 if dtype == torch.float64 else 2e-4)
     rng = np.random.default_rng(seed)
     worst = {}
     for trial in range(trials):
         zs, ps = random_molecules(sizes, rng)
-        for det in (1, -1):
+        for det in dets:
             errs = equivariance_errors(model, zs, ps, det, rng, dtype)
             for key in ("output", "coords", "features", "vectors"):
                 worst[key] = max(worst.get(key, 0.0), errs[key])

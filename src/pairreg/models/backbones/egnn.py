@@ -100,24 +100,11 @@ class EGCL(nn.Module):
             h̃ (n_atoms, H), x̃ (n_atoms, 3)
         """
         i, j = edge_index[0], edge_index[1]
-        # message
         # index_select, not x[i]: its backward is a fast index_add, advanced indexing's is a slow index_put
         diff = x.index_select(0, i) - x.index_select(0, j)  # (n_edges, 3)
         d2 = (diff * diff).sum(-1, keepdim=True)  # (n_edges, 1) Å²
-        pre = torch.addcmul(self.edge_in_j(h).index_select(0, j), d2, self.edge_in_d2)  # (n_edges, H) W_j h_j + w d²
-        pre = pre + self.edge_in_i(h).index_select(0, i)  # (n_edges, H) + W_i h_i + b
-        if self.n_rbf:
-            dist = d2.clamp_min(1e-12).sqrt()  # (n_edges, 1) Å
-            pre = pre + self.edge_in_rbf(self.rbf(dist))  # + W_rbf basis(d)
-        m = nn.functional.silu(self.edge_out(nn.functional.silu(pre)))  # (n_edges, H)
-        m = m * torch.sigmoid(self.gate(m))  # (n_edges, H) soft edges
-        if edge_weight is not None:
-            m = m * edge_weight  # switched off smoothly at the cutoff
-        # aggregate
-        agg = torch.zeros_like(h).index_add_(0, i, m)  # (n_atoms, H)
-        # update
-        parts = [h, agg] if node_attr is None else [h, agg, node_attr]
-        h_new = self.node_mlp(torch.cat(parts, dim=-1))  # (n_atoms, H)
+        m = self.messages(h, edge_index, d2, edge_weight)  # (n_edges, H)
+        h_new = self.update_features(h, m, i, node_attr)  # (n_atoms, H)
         if not self.update_coords:
             return h_new, x
         coord = self.coord_mlp(m)  # (n_edges, 1)
@@ -126,6 +113,28 @@ class EGCL(nn.Module):
         shift = torch.zeros_like(x).index_add_(0, i, diff * coord)  # (n_atoms, 3)
         return h_new, x + shift * inv_deg
 
+    def messages(self, h, edge_index, d2, edge_weight=None, extra=None) -> torch.Tensor:
+        """(n_edges, H) gated messages m_ij from features, squared distances d2 (n_edges, 1) Å² and the cutoff
+        envelope; ``extra`` (n_edges, H) adds more edge terms to φ_e's first layer (ClofNet's frame scalars)."""
+        i, j = edge_index[0], edge_index[1]
+        pre = torch.addcmul(self.edge_in_j(h).index_select(0, j), d2, self.edge_in_d2)  # (n_edges, H) W_j h_j + w d²
+        pre = pre + self.edge_in_i(h).index_select(0, i)  # (n_edges, H) + W_i h_i + b
+        if extra is not None:
+            pre = pre + extra
+        if self.n_rbf:
+            dist = d2.clamp_min(1e-12).sqrt()  # (n_edges, 1) Å
+            pre = pre + self.edge_in_rbf(self.rbf(dist))  # + W_rbf basis(d)
+        m = nn.functional.silu(self.edge_out(nn.functional.silu(pre)))  # (n_edges, H)
+        m = m * torch.sigmoid(self.gate(m))  # (n_edges, H) soft edges
+        if edge_weight is not None:
+            m = m * edge_weight  # switched off smoothly at the cutoff
+        return m
+
+    def update_features(self, h, m, receiver, node_attr=None) -> torch.Tensor:
+        """(n_atoms, H) h̃ = φ_h(h, Σ_j m_ij [, a]) (sum of the messages at their receivers)."""
+        agg = torch.zeros_like(h).index_add_(0, receiver, m)  # (n_atoms, H)
+        parts = [h, agg] if node_attr is None else [h, agg, node_attr]
+        return self.node_mlp(torch.cat(parts, dim=-1))
 
     def gate_scalars(self, state, graph) -> torch.Tensor:
         """(n_atoms, H) this layer's features from a :class:`LayerState`, positions unused by the caller: how
@@ -155,13 +164,18 @@ class EGNNBackbone(nn.Module):
         # a mitigation's own EGCLs (G2's gates) are built like these layers, with coordinate updates off
         mitigation.attach_layers(lambda: EGCL(hidden, update_coords=False, **options))
 
+    def layer_step(self, layer, state, edge_index, inv_deg, graph, node_attr):
+        """One layer's output (h̃, x̃) from the current state; a backbone whose layers read more of the graph
+        (ClofNet: each molecule's mean) overrides this and inherits the rest of the forward pass."""
+        return layer(state.h, state.x, edge_index, inv_deg, node_attr, graph.edge_weight)
+
     def forward(self, h, x, edge_index, inv_deg, graph, node_attr=None):
         record = LayerRecord(x_input=x)
         h, x = self.mitigation.begin(h, x, graph)
         state = LayerState(h, x)
         record.append(state.h, state.x)
         for layer_idx, layer in enumerate(self.layers):
-            h_new, x_new = layer(state.h, state.x, edge_index, inv_deg, node_attr, graph.edge_weight)
+            h_new, x_new = self.layer_step(layer, state, edge_index, inv_deg, graph, node_attr)
             state = self.mitigation.combine_state(layer_idx, state, LayerState(h_new, x_new), graph, record)
             record.append(state.h, state.x)
         return state.h, state.x, record
