@@ -51,8 +51,45 @@ def test_seeds_option_and_other_studies():
         build_study("depth", "gpu")
 
 
+def test_budget_preset_is_issue_14s_design_at_equal_wall_time(tmp_path):
+    """budget: the one-hour presets' recipe, every cell the same time budget; depths 2-16 with 3 seeds for the plain
+    stack, EGNN and PairReg and 2 for PairNorm and G2; the ablation at 8 layers; --depths cuts the grid."""
+    study = build_study("depth", "budget", molecule="ethanol")
+    per = Counter((c.group, c.x) for c in study.cells)
+    assert sorted({c.x for c in study.cells}) == [2, 4, 8, 12, 16]
+    assert {g: max(n for (gg, _), n in per.items() if gg == g) for g, _ in per} == {
+        "none": 3, "residual": 3, "pairreg": 3, "pairnorm": 2, "g2": 2}
+    cfgs = [runner.cell_config(study, c, tmp_path, []) for c in study.cells[:3]]
+    assert {c.time_budget_min for c in cfgs} == {60} and {c.molecule for c in cfgs} == {"ethanol"}
+    assert {c.preset for c in cfgs} == {"rmd17-1h"}
+    cut = build_study("depth", "budget", seeds=2, depths=[2, 4, 8, 16])
+    assert sorted({c.x for c in cut.cells}) == [2, 4, 8, 16] and {c.seed for c in cut.cells} == {0, 1}
+    with pytest.raises(ValueError, match="--depths 3: not in this preset's grid"):
+        build_study("depth", "budget", depths=[3])
+    with pytest.raises(ValueError, match="depth study only"):
+        build_study("ablation", "budget", depths=[8])
+    ablation = build_study("ablation", "budget")
+    assert runner.cell_config(ablation, ablation.cells[0], tmp_path, []).n_layers == 8
+
+
+def test_backbones_study_has_every_backbone_at_its_paper_settings_with_and_without_pairreg(tmp_path):
+    from pairreg.bench.report import published_table
+    from pairreg.models.backbones import BACKBONES, PAPER_SETTINGS
+
+    study = build_study("backbones", "budget", molecule="ethanol")
+    assert study.rows() == [f"{b} {m}" for b in BACKBONES for m in ("none", "pairreg")]
+    assert Counter(c.group for c in study.cells) == {row: 2 for row in study.rows()}
+    painn = next(c for c in study.cells if c.group == "painn pairreg")
+    cfg = runner.cell_config(study, painn, tmp_path, [])
+    assert cfg.backbone == "painn" and cfg.mitigation == "pairreg" and cfg.time_budget_min == 60
+    assert {k: getattr(cfg, k) for k in PAPER_SETTINGS["painn"]} == PAPER_SETTINGS["painn"]
+    assert "| painn | 2.7 | 10.0 |" in published_table(study)
+    with pytest.raises(ValueError, match="use --preset budget"):
+        build_study("backbones", "cpu")
+
+
 @pytest.mark.parametrize("name", ["depth", "ablation", "qm9-table"])
-@pytest.mark.parametrize("preset", ["cpu", "paper"])
+@pytest.mark.parametrize("preset", ["cpu", "paper", "budget"])
 def test_every_cell_has_a_valid_config(name, preset, tmp_path):
     study = build_study(name, preset)
     for cell in study.cells:
@@ -61,7 +98,7 @@ def test_every_cell_has_a_valid_config(name, preset, tmp_path):
         if name != "qm9-table":
             assert cfg.dataset == "rmd17" and cfg.molecule == "aspirin"
         if name == "ablation":
-            assert cfg.n_layers == 9
+            assert cfg.n_layers == (8 if preset == "budget" else 9)
 
 
 def test_mean_std_formatting_and_ratio():
@@ -209,8 +246,8 @@ def test_only_keeps_the_named_rows(tmp_path, capsys):
     assert build_study("depth", "cpu").resolve(["plain-EGCL-stack-none", "EGNN (residual)"]) == ["none", "residual"]
 
 
-@pytest.mark.parametrize("name", list(STUDIES))
-@pytest.mark.parametrize("preset", ["cpu", "paper"])
+@pytest.mark.parametrize("name", ["depth", "ablation", "qm9-table"])
+@pytest.mark.parametrize("preset", ["cpu", "paper", "budget"])
 def test_only_egnn_residual_form_is_labelled_egnn(name, preset, tmp_path):
     """EGNN's published QM9 layers are residual: a row labelled EGNN runs mitigation=residual, the
     plain stack is labelled as such, and every study has both rows."""

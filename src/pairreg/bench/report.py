@@ -111,6 +111,19 @@ def target_table(results: list[dict], split: str = "test") -> str:
     return "\n".join(lines)
 
 
+def published_table(study: Study) -> str:
+    """Each backbone's published number on the study's molecule, or that there is none."""
+    from .studies import PUBLISHED_RMD17
+
+    molecule = next((o.split("=", 1)[1] for o in study.base_overrides if o.startswith("molecule=")), "")
+    lines = [f"Published ({molecule}): energy MAE (meV) / forces MAE (meV/Å)", "",
+             "| backbone | energy | forces | source |", "|---|---|---|---|"]
+    for backbone in dict.fromkeys(g.split()[0] for g in study.rows()):
+        e, f, source = PUBLISHED_RMD17.get((backbone, molecule), ("–", "–", "no published rMD17 number"))
+        lines.append(f"| {backbone} | {e} | {f} | {source} |")
+    return "\n".join(lines)
+
+
 def _signed(d: float) -> str:
     return f"{d:+.{3 if abs(d) < 10 else 1}f}"
 
@@ -191,6 +204,8 @@ def study_tables(study: Study, results: list[dict], extra: list[str] | None = No
         return "\n\n".join([head, *parts])
     if study.name == "ablation":
         return head + "\n\n" + variant_table(results, planned_groups)
+    if study.name == "backbones":
+        return head + "\n\n" + variant_table(results, planned_groups) + "\n\n" + published_table(study)
     return head + "\n\n" + target_table(results)
 
 

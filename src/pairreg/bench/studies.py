@@ -8,8 +8,14 @@
 Where the paper means EGNN, two rows stand in: ``none``, the plain EGCL stack (h_l = h̃_l), and
 ``residual``, EGNN's own form (its QM9 model adds h + φ_h(…)); only the second is labelled EGNN.
 
-Each study has a ``paper`` preset (the paper's protocol, for GPUs) and a ``cpu`` preset sized for
-about two hours on two CPU cores. A cell is one training run: a base preset, overrides, a seed.
+* ``backbones`` — every backbone at its published settings, without and with PairReg, at one wall-clock
+  budget (issue 16's accuracy at equal compute; ``budget`` preset only).
+
+Each study has a ``paper`` preset (the paper's protocol, for GPUs), a ``cpu`` preset sized for about
+two hours on two CPU cores, and a ``budget`` preset: the field's recipe of the one-hour presets
+(``rmd17-1h``, ``qm9-1h``) with every cell trained for the same wall time (``time_budget_min``, 60
+minutes unless ``--set time_budget_min=M``), the protocol for comparing methods at convergence-level
+budgets. A cell is one training run: a base preset, overrides, a seed.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data import qm9
+from ..models.backbones import BACKBONES, PAPER_SETTINGS
 
-PRESETS = ("cpu", "paper")
+PRESETS = ("cpu", "paper", "budget")
 DEPTHS = (1, 3, 5, 7, 9, 12)
+BUDGET_DEPTHS = (2, 4, 8, 12, 16)  # the budget preset's depth grid (issue 14)
+BUDGET_ABLATION_LAYERS = 8
 BASELINE_DEPTHS = (3, 9)  # PairNorm and G2 in the depth study
 QM9_CPU_TARGETS = ("homo", "gap", "U0", "mu")
 
@@ -125,13 +134,25 @@ def _seeds(default: int, override: int | None) -> range:
     return range(override if override is not None else default)
 
 
+def _rmd17_base(preset: str, molecule: str) -> tuple[str, list[str]]:
+    """Base preset and overrides of the rMD17 studies. Fig. 2 uses the field's official-1 split in our cpu and
+    budget presets (rmd17-1h has it); the paper preset keeps the paper's 80/10/10."""
+    if preset == "budget":
+        return "rmd17-1h", [f"molecule={molecule}"]
+    if preset == "cpu":
+        return "rmd17-cpu", [f"molecule={molecule}", *RMD17_CPU, "split=official-1"]
+    return "rmd17-paper", [f"molecule={molecule}"]
+
+
 def depth_study(preset: str, seeds: int | None = None, molecule: str = "aspirin") -> Study:
-    base = "rmd17-cpu" if preset == "cpu" else "rmd17-paper"
-    # Fig. 2 uses the field's official-1 split in our cpu preset; the paper preset keeps the paper's 80/10/10
-    base_overrides = [f"molecule={molecule}"] + (RMD17_CPU + ["split=official-1"] if preset == "cpu" else [])
+    base, base_overrides = _rmd17_base(preset, molecule)
     study = Study("depth", preset, base, base_overrides)
-    plan = [("none", DEPTHS, 3), ("residual", DEPTHS, 2), ("pairreg", DEPTHS, 3), ("pairnorm", BASELINE_DEPTHS, 2),
-            ("g2", BASELINE_DEPTHS, 2)]
+    if preset == "budget":  # issue 14's design: 3 seeds for the plain stack, EGNN and PairReg, 2 for the others
+        plan = [(m, BUDGET_DEPTHS, n) for m, n in (("none", 3), ("residual", 3), ("pairreg", 3), ("pairnorm", 2),
+                                                   ("g2", 2))]
+    else:
+        plan = [("none", DEPTHS, 3), ("residual", DEPTHS, 2), ("pairreg", DEPTHS, 3), ("pairnorm", BASELINE_DEPTHS, 2),
+                ("g2", BASELINE_DEPTHS, 2)]
     for mitigation, depths, n_seeds in plan:
         for depth in depths:
             for seed in _seeds(n_seeds, seeds):
@@ -142,20 +163,54 @@ def depth_study(preset: str, seeds: int | None = None, molecule: str = "aspirin"
 
 
 def ablation_study(preset: str, seeds: int | None = None, molecule: str = "aspirin") -> Study:
-    base = "rmd17-cpu" if preset == "cpu" else "rmd17-paper"
-    base_overrides = [f"molecule={molecule}", "n_layers=9"] + (RMD17_CPU + ["split=official-1"] if preset == "cpu" else [])
-    study = Study("ablation", preset, base, base_overrides)
+    base, base_overrides = _rmd17_base(preset, molecule)
+    depth = BUDGET_ABLATION_LAYERS if preset == "budget" else 9
+    study = Study("ablation", preset, base, [*base_overrides, f"n_layers={depth}"])
     for label, overrides in ABLATION_VARIANTS.items():
         for seed in _seeds(2, seeds):
-            study.cells.append(Cell(f"{_safe(label)}-s{seed}", label, None, seed, (*overrides, f"seed={seed}"), 9.0))
+            study.cells.append(Cell(f"{_safe(label)}-s{seed}", label, None, seed, (*overrides, f"seed={seed}"),
+                                    float(depth)))
+    return study
+
+
+# Published rMD17-style numbers (energy meV, forces meV/Å) beside the backbones study, from
+# ../shared/docs/field-recipes.md: PaiNN's as the MACE paper's table lists them (likely original MD17, not
+# rMD17; unconfirmed there). EGNN, SEGNN and ClofNet have no published (r)MD17 number.
+PUBLISHED_RMD17 = {
+    ("painn", "ethanol"): (2.7, 10.0, "PaiNN, as listed in Batatia et al. 2022 (likely original MD17)"),
+    ("painn", "aspirin"): (6.9, 16.1, "PaiNN, as listed in Batatia et al. 2022 (likely original MD17)"),
+}
+
+
+def backbone_overrides(backbone: str) -> tuple[str, ...]:
+    """``--set`` overrides that give ``backbone`` its published settings (models/backbones PAPER_SETTINGS)."""
+    return (f"backbone={backbone}", *(f"{k}={v}" for k, v in PAPER_SETTINGS.get(backbone, {}).items()))
+
+
+def backbones_study(preset: str, seeds: int | None = None, molecule: str = "aspirin") -> Study:
+    """Rows ``<backbone> none`` and ``<backbone> pairreg`` for every backbone, each at its paper's settings (EGNN
+    at the rmd17-1h preset's 6 x 64), the same wall budget, 2 seeds."""
+    if preset != "budget":
+        raise ValueError(f"study backbones compares at equal wall time: use --preset budget (not {preset!r})")
+    base, base_overrides = _rmd17_base(preset, molecule)
+    study = Study("backbones", preset, base, base_overrides)
+    for backbone in BACKBONES:
+        settings = backbone_overrides(backbone)
+        layers_ = int(PAPER_SETTINGS.get(backbone, {}).get("n_layers", 6))
+        for mitigation in ("none", "pairreg"):
+            group = f"{backbone} {mitigation}"
+            for seed in _seeds(2, seeds):
+                study.cells.append(Cell(f"{_safe(group)}-s{seed}", group, None, seed,
+                                        (*settings, f"mitigation={mitigation}", f"seed={seed}"), float(layers_)))
     return study
 
 
 def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
     """cpu: one multi-target model per (mitigation, seed) on 4 targets; paper: one model per target (as EGNN)."""
     mitigations = ("none", "residual", "pairnorm", "g2", "pairreg")
-    if preset == "cpu":
-        study = Study("qm9-table", preset, "qm9-cpu", QM9_CPU + ["targets=" + ",".join(QM9_CPU_TARGETS)],
+    if preset in ("cpu", "budget"):  # one model on 4 targets; budget: the qm9-1h recipe and wall time
+        base, base_overrides = ("qm9-cpu", QM9_CPU) if preset == "cpu" else ("qm9-1h", [])
+        study = Study("qm9-table", preset, base, base_overrides + ["targets=" + ",".join(QM9_CPU_TARGETS)],
                       dataset="qm9", targets=QM9_CPU_TARGETS)
         for mitigation in mitigations:
             for seed in _seeds(2, seeds):
@@ -175,12 +230,23 @@ def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
     return study
 
 
-STUDIES = {"depth": depth_study, "ablation": ablation_study, "qm9-table": qm9_table_study}
+STUDIES = {"depth": depth_study, "ablation": ablation_study, "qm9-table": qm9_table_study,
+           "backbones": backbones_study}
 
 
-def build_study(name: str, preset: str, seeds: int | None = None, molecule: str = "aspirin") -> Study:
-    """The study's cells, seed 0 of every configuration first: a partly run study has one seed of everything."""
+def build_study(name: str, preset: str, seeds: int | None = None, molecule: str = "aspirin",
+                depths: list[int] | None = None) -> Study:
+    """The study's cells, seed 0 of every configuration first: a partly run study has one seed of everything.
+    ``depths`` keeps only those columns of the depth study (``--depths``)."""
     study = _build(name, preset, seeds, molecule)
+    if depths:
+        if name != "depth":
+            raise ValueError(f"--depths applies to the depth study only (not {name})")
+        grid = sorted({c.x for c in study.cells})
+        missing = [d for d in depths if d not in grid]
+        if missing:
+            raise ValueError(f"--depths {' '.join(map(str, missing))}: not in this preset's grid {grid}")
+        study.cells = [c for c in study.cells if c.x in depths]
     study.cells.sort(key=lambda c: c.seed)  # stable: the grid order within a seed
     return study
 

@@ -1,4 +1,4 @@
-"""``pairreg bench {depth,ablation,qm9-table} --preset cpu|paper [--seeds K] --out DIR``.
+"""``pairreg bench {depth,ablation,qm9-table,backbones} --preset cpu|paper|budget [--seeds K] --out DIR``.
 
 Runs the unfinished cells of a study (a finished cell is never re-run; an interrupted one resumes
 from its last checkpoint), then writes ``table.md`` and PNG plots into DIR. ``--report`` only
@@ -12,10 +12,14 @@ import sys
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="reproduce the paper's studies (depth, ablation, qm9-table)")
-    p.add_argument("study", choices=["depth", "ablation", "qm9-table"])
-    p.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
-                   help="cpu: sized for ~2 h on 2 CPU cores (default); paper: the paper's protocol (GPU)")
+    p = sub.add_parser("bench", help="reproduce the paper's studies (depth, ablation, qm9-table) and compare backbones")
+    p.add_argument("study", choices=["depth", "ablation", "qm9-table", "backbones"])
+    p.add_argument("--preset", choices=["cpu", "paper", "budget"], default="cpu",
+                   help="cpu: sized for ~2 h on 2 CPU cores (default); paper: the paper's protocol (GPU); budget: "
+                        "the one-hour presets' recipe, every cell the same wall time (60 min; --set "
+                        "time_budget_min=M to change it)")
+    p.add_argument("--depths", type=int, nargs="+", metavar="L",
+                   help="depth study: only these depths of the preset's grid (e.g. --depths 2 4 8 16)")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: the study's, 2 or 3)")
     p.add_argument("--molecule", default="aspirin", help="rMD17 molecule for depth and ablation (default aspirin)")
     p.add_argument("--out", help="study folder (default runs/bench/<study>-<preset>)")
@@ -43,7 +47,7 @@ def run(args) -> int:
     from ..bench.runner import cell_file, describe_cell, load_results, run_study
     from ..bench.studies import build_study
 
-    study = build_study(args.study, args.preset, args.seeds, args.molecule)
+    study = build_study(args.study, args.preset, args.seeds, args.molecule, args.depths)
     if args.only:
         study.only(args.only)
     out = Path(args.out or f"runs/bench/{args.study}-{args.preset}")
