@@ -55,6 +55,8 @@ class Config:
     rbf: str = "gaussian"  # gaussian | bessel: DimeNet's Bessel functions × polynomial envelope (p = 6), r_c = cutoff_A
     cutoff_A: typing.Optional[float] = None  # radius graph: only pairs closer than this (Å) interact, messages
     #   switched off smoothly by the envelope; also Bessel's r_c; None: complete graph of each molecule (EGNN)
+    l_max: int = 1  # backbone=segnn: highest degree l of its steerable features and spherical harmonics (1 … 3;
+    #   H scalars and H // (2l+1) channels of each degree l); other backbones have none and keep 1
     mitigation: str = "pairreg"  # none | residual | pairreg | pairnorm | g2 | noisynodes
     # PairReg switches (None = the mitigation's default; see docs/method.md)
     residual: typing.Optional[str] = None
@@ -131,7 +133,7 @@ MITIGATION_KEYS = ("residual", "coord_mix", "update_coords", "reg_layers", "reg_
                    "coord_noise", "ablation", "pairnorm_mode", "pairnorm_scale", "g2_p", "g2_aggregation")
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _CHOICES = {
-    "backbone": ("egnn", "painn", "clofnet"),
+    "backbone": ("egnn", "painn", "clofnet", "segnn"),
     "coord_act": ("tanh", "silu"),
     "rbf": ("gaussian", "bessel"),
     "optimizer": ("adam", "adamw"),
@@ -420,6 +422,17 @@ def validate(cfg: Config) -> Config:
     if cfg.backbone == "painn" and (cfg.cutoff_A is None or cfg.n_rbf < 1):
         raise ConfigError(f"backbone=painn needs cutoff_A (Å) and n_rbf >= 1 (got {cfg.cutoff_A}, {cfg.n_rbf}): its "
                           "filters read a radial basis inside a cosine cutoff (the paper: cutoff_A=5 n_rbf=20 rbf=bessel)")
+    if cfg.backbone == "segnn":
+        from .models.backbones.segnn import MAX_L
+
+        if not 1 <= cfg.l_max <= MAX_L:
+            raise ConfigError(f"l_max must be 1 … {MAX_L} for backbone=segnn, got {cfg.l_max}")
+        if cfg.n_rbf:
+            raise ConfigError(f"n_rbf={cfg.n_rbf}: backbone=segnn reads no radial basis (its messages take the "
+                              "squared distance and the spherical harmonics of the bond); set n_rbf=0")
+    elif cfg.l_max != 1:
+        raise ConfigError(f"l_max={cfg.l_max}: only backbone=segnn has steerable features of degree l > 1 "
+                          f"(backbone={cfg.backbone}); leave l_max at 1")
     if cfg.rbf == "bessel" and cfg.n_rbf < 1:
         raise ConfigError("rbf=bessel: set n_rbf >= 1 (n_rbf=0 means no distance basis)")
     for key in ("weight_decay", "warmup_epochs", "lr_min", "num_workers", "n_rbf"):

@@ -22,6 +22,7 @@ from .backbones import BACKBONES
 from .backbones.clofnet import ClofNetBackbone
 from .backbones.egnn import EGNNBackbone
 from .backbones.painn import PaiNNBackbone
+from .backbones.segnn import SEGNNBackbone
 from .mitigations import GraphContext, build_mitigation
 from .radial import polynomial_envelope
 
@@ -72,11 +73,13 @@ class MoleculeModel(nn.Module):
         backbone: ``"egnn"`` (default; models/backbones/egnn.py) or ``"painn"`` (models/backbones/painn.py,
             which needs ``cutoff_A`` and ``n_rbf`` and reads neither ``node_attr`` nor ``coord_act``) or
             ``"clofnet"`` (models/backbones/clofnet.py: moves coordinates like EGNN and takes the same options
-            but ``node_attr``; SE(3)-, not reflection-equivariant).
+            but ``node_attr``; SE(3)-, not reflection-equivariant), or ``"segnn"`` (models/backbones/segnn.py:
+            steerable features up to ``l_max``; reads none of ``node_attr``, ``coord_act``, ``n_rbf``).
         mitigation: registered name, ``"pairreg"`` (default), ``"none"``, ``"residual"``.
         mitigation_options: keyword options of the mitigation (e.g. ``{"reg_weight": 1.0}``).
         node_attr: concatenate the input atom features into φ_h of every layer (EGNN's QM9 model; default True).
         coord_act: hidden activation of φ_x, ``"tanh"`` (default) or ``"silu"``.
+        l_max: SEGNN only: the highest degree l of its steerable features and spherical harmonics (default 1).
         n_rbf, rbf_max_A: optional Gaussian distance basis in φ_e (default 0: off, as EGNN; see backbones/egnn.py).
         rbf: the basis, ``"gaussian"`` (default) or ``"bessel"`` (needs ``cutoff_A``; models/radial.py).
         cutoff_A: radius cutoff in Å (default None: the complete graph of each molecule, as EGNN). When set,
@@ -108,6 +111,7 @@ class MoleculeModel(nn.Module):
         target_scale=None,
         atom_ref=None,
         backbone: str = "egnn",
+        l_max: int = 1,
     ):
         super().__init__()
         if backbone not in BACKBONES:
@@ -120,6 +124,8 @@ class MoleculeModel(nn.Module):
         if backbone == "painn":
             self.backbone = PaiNNBackbone(n_layers, hidden, mit, n_rbf=n_rbf, cutoff_A=cutoff_A, rbf=rbf,
                                           rbf_max_A=rbf_max_A)
+        elif backbone == "segnn":
+            self.backbone = SEGNNBackbone(n_layers, hidden, mit, l_max=l_max)
         elif backbone == "clofnet":
             self.backbone = ClofNetBackbone(n_layers, hidden, mit, coord_act, n_rbf=n_rbf, rbf_max_A=rbf_max_A,
                                             rbf=rbf, cutoff_A=cutoff_A)
@@ -253,5 +259,5 @@ def build_model(cfg, target_mean=None, target_scale=None, atom_ref=None) -> Mole
         mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
         n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, rbf=cfg.rbf, cutoff_A=cfg.cutoff_A,
         elements=elements_of(cfg), target_mean=target_mean, target_scale=target_scale, atom_ref=atom_ref,
-        backbone=cfg.backbone,
+        backbone=cfg.backbone, l_max=cfg.l_max,
     )

@@ -7,6 +7,8 @@ random translation t and a random permutation P of the atoms inside each molecul
     f(P(x Qᵀ + t)) = f(x)                 for the invariant prediction
     x_L(P(x Qᵀ + t)) = P(x_L(x) Qᵀ + t)   for every layer's coordinates
     v_L(P(x Qᵀ + t)) = P(Q v_L(x))        for every layer's vector features (PaiNN), polar vectors
+    f_L(P(x Qᵀ + t)) = P(f_L(x) D(Q)ᵀ)    for every layer's steerable l>0 features (SEGNN), D(Q) e3nn's
+                                          representation of their irreps, parity included
 
 Shipped in the package so a new backbone or mitigation gets the battery for free.
 """
@@ -39,8 +41,23 @@ def transform(zs, ps, q: torch.Tensor, t: torch.Tensor, perms):
     return [z[p] for z, p in zip(zs, perms)], [(x @ qn.T + tn)[p] for x, p in zip(ps, perms)]
 
 
+def irreps_matrix(irreps, q: torch.Tensor) -> torch.Tensor:
+    """e3nn's representation D(Q) (dim × dim, float64) of the orthogonal ``q`` on ``irreps``, parity included.
+
+    Computed with float64 as the default dtype: e3nn builds its so(3) generators in the default dtype, and
+    in float32 D(Q) is only good to ~1e-7, too coarse for the float64 checks."""
+    from e3nn import o3
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return o3.Irreps(irreps).D_from_matrix(q.to(torch.float64))
+    finally:
+        torch.set_default_dtype(old)
+
+
 def equivariance_errors(model, zs, ps, det: int, rng, dtype=torch.float64) -> dict[str, float]:
-    """Worst absolute errors of the invariant output and of every layer's coordinates."""
+    """Worst absolute errors of the invariant output and of every layer's coordinates and equivariant features."""
     from ..data.molecules import make_batch
 
     q = random_orthogonal(det, rng)
@@ -65,11 +82,17 @@ def equivariance_errors(model, zs, ps, det: int, rng, dtype=torch.float64) -> di
     for v1, v2 in zip(r1.v, r2.v):  # (n_atoms, 3, H): rotate the middle axis
         expected = torch.einsum("ab,nbh->nah", q, v1.double())[flat]
         vec_err = max(vec_err, float((v2.double() - expected).abs().max()))
+    irreps_err = 0.0
+    if r1.f:  # (n_atoms, D) in e3nn's layout: f ↦ f D(Q)ᵀ
+        d = irreps_matrix(r1.f_irreps, q)
+        for f1, f2 in zip(r1.f, r2.f):
+            irreps_err = max(irreps_err, float((f2.double() - (f1.double() @ d.T)[flat]).abs().max()))
     return {
         "output": float((y1.double() - y2.double()).abs().max()),
         "coords": coord_err,
         "features": feat_err,
         "vectors": vec_err,
+        "irreps": irreps_err,
         "output_scale": float(y1.double().abs().max()),
     }
 
@@ -90,10 +113,11 @@ def assert_equivariant(model, sizes=(5, 9), trials: int = 2, dtype=torch.float64
         zs, ps = random_molecules(sizes, rng)
         for det in dets:
             errs = equivariance_errors(model, zs, ps, det, rng, dtype)
-            for key in ("output", "coords", "features", "vectors"):
+            for key in ("output", "coords", "features", "vectors", "irreps"):
                 worst[key] = max(worst.get(key, 0.0), errs[key])
                 if errs[key] > atol:
-                    raise AssertionError(f"{key} not {'equivariant' if key in ('coords', 'vectors') else 'invariant'} "
+                    kind = "equivariant" if key in ("coords", "vectors", "irreps") else "invariant"
+                    raise AssertionError(f"{key} not {kind} "
                                          f"(det {det:+d}, trial {trial}): error {errs[key]:.3g} > {atol:.1g}")
     return worst
 
@@ -122,3 +146,6 @@ def assert_batch_independent(model, sizes=(4, 7, 11), dtype=torch.float64, atol:
             verr = max((float((v1 - vb[mol]).abs().max()) for v1, vb in zip(rec1.v, rec.v)), default=0.0)
             if verr > atol:
                 raise AssertionError(f"molecule {k}: vector features batched vs alone differ by {verr:.3g}")
+            ferr = max((float((f1 - fb[mol]).abs().max()) for f1, fb in zip(rec1.f, rec.f)), default=0.0)
+            if ferr > atol:
+                raise AssertionError(f"molecule {k}: steerable features batched vs alone differ by {ferr:.3g}")

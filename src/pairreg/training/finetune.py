@@ -26,7 +26,7 @@ from ..config import MITIGATION_KEYS, ConfigError
 
 # keys whose value fixes the weights' shapes or their meaning: they must match the parent's
 MODEL_KEYS = ("backbone", "hidden", "n_layers", "node_attr", "coord_act", "n_rbf", "rbf_max_A", "rbf", "cutoff_A", "mitigation",
-              "elements") + MITIGATION_KEYS
+              "elements", "l_max") + MITIGATION_KEYS
 STANDARDISATION = ("target_mean", "target_scale", "atom_ref")
 # parameters of message-passing layer k: the EGCL itself and a mitigation's per-layer modules (PairReg's
 # projections, G2's gates)
@@ -56,11 +56,13 @@ def layer_of(name: str) -> int | None:
 
 
 def frozen_names(model, k: int) -> list[str]:
-    """Parameters ``freeze_layers=k`` fixes: the embedding and every parameter of layers 0..k-1."""
+    """Parameters ``freeze_layers=k`` fixes: the embedding (with SEGNN's steerable one, ``backbone.embedding``)
+    and every parameter of layers 0..k-1."""
     if k <= 0:
         return []
     return [name for name, _ in model.named_parameters()
-            if name.startswith("embedding.") or (layer_of(name) is not None and layer_of(name) < k)]
+            if name.startswith(("embedding.", "backbone.embedding."))
+            or (layer_of(name) is not None and layer_of(name) < k)]
 
 
 def freeze_layers(model, k: int) -> list[str]:

@@ -7,10 +7,13 @@ A mitigation has these hooks, all optional except :meth:`combine`:
   next pair (residuals, normalisation, gating, coordinate transmission);
 * :meth:`combine_vectors` — the same for vector features (n_atoms, 3, H), on backbones that have
   them (PaiNN); the default keeps the layer's output;
+* :meth:`combine_irreps` — the same for steerable l>0 features (n_atoms, D) in e3nn's irreps layout
+  (SEGNN, whose ``LayerState.h`` is the l=0 part); the default keeps the layer's output;
 * :meth:`extra_loss` — a regulariser computed from the per-layer record, added to the task loss.
 
-Backbones call :meth:`combine_state` with the whole :class:`LayerState` (scalars, positions, vectors).
-A mitigation is built for one backbone (``backbone=``): on one that keeps positions fixed (PaiNN) the
+Backbones call :meth:`combine_state` with the whole :class:`LayerState` (scalars, positions, vectors,
+steerable features). A mitigation is built for one backbone (``backbone=``): on one that keeps positions
+fixed (PaiNN, SEGNN) the
 coordinate switches have nothing to act on, and each mitigation says what it does instead or refuses
 by name (docs/method.md, "Mitigations on other backbones").
 
@@ -41,16 +44,16 @@ class GraphContext:
 
 
 #: backbones whose layers never move the positions (their equivariant information lives in vector features)
-FIXED_POSITIONS = frozenset({"painn"})
+FIXED_POSITIONS = frozenset({"painn", "segnn"})
 #: backbones whose layers add their updates to their input themselves (a second additive skip doubles it)
-RESIDUAL_LAYERS = frozenset({"painn"})
+RESIDUAL_LAYERS = frozenset({"painn", "segnn"})
 
 
 def refuse_additive_skip(what: str, backbone: str) -> None:
     if backbone in RESIDUAL_LAYERS:
         raise ValueError(f"{what} on backbone {backbone!r}: its layers already add their updates to their input "
-                         "(s + Δs, v + Δv), so a second additive skip would double it every layer; use "
-                         "mitigation=none for the published model")
+                         "(PaiNN: s + Δs, v + Δv; SEGNN: f + φ_f), so a second additive skip would double it "
+                         "every layer; use mitigation=none for the published model")
 
 
 class Mitigation(nn.Module):
@@ -90,11 +93,19 @@ class Mitigation(nn.Module):
         """Vector features of the next layer (n_atoms, 3, H); default: the layer's output, v_l = ṽ_l."""
         return v_new
 
+    def combine_irreps(self, layer: int, f_prev, f_new, graph: GraphContext, record):
+        """Steerable l>0 features of the next layer (n_atoms, D); default: the layer's output, f_l = f̃_l.
+
+        Any rule must act on them linearly with invariant coefficients (per atom, or per irrep channel)
+        or it breaks equivariance: no per-component nonlinearity, no bias, no statistics over components."""
+        return f_new
+
     def combine_state(self, layer: int, prev: LayerState, new: LayerState, graph: GraphContext, record) -> LayerState:
         """The next layer's whole state from the previous one and the layer's output."""
         h, x = self.combine(layer, prev.h, prev.x, new.h, new.x, graph, record)
         v = None if new.v is None else self.combine_vectors(layer, prev.v, new.v, graph, record)
-        return LayerState(h, x, v)
+        f = None if new.f is None else self.combine_irreps(layer, prev.f, new.f, graph, record)
+        return LayerState(h, x, v, f)
 
     def extra_loss(self, record, graph: GraphContext) -> torch.Tensor | None:
         return None

@@ -14,6 +14,14 @@ the backbone like its own layers (``attach_layers``), so they read the same edge
 On PaiNN the gates are PaiNN layers (their scalar output gives τ̂), and the same per-channel τ, an
 invariant, gates the vector features: v_l = (1 − τ) ⊙ v_{l−1} + τ ⊙ ṽ_l (no σ on vectors: a ReLU of
 a vector's components would break rotation equivariance).
+
+On SEGNN the gates are SEGNN layers (τ̂ from their l=0 output) and τ gates the scalars as above. Its l>0
+channels do not correspond one to one to the scalar channels (m_l < H of them per degree), so they share
+one invariant rate per atom, the mean of τ over the channels:
+
+    τ̄_i = mean_k τ_ik,     f_l = (1 − τ̄) f_{l−1} + τ̄ f̃_l      (every l>0 component of atom i; no σ)
+
+An invariant factor per atom keeps f equivariant, and τ = 0 still keeps the previous layer.
 """
 
 from __future__ import annotations
@@ -84,9 +92,13 @@ class GradientGating(Mitigation):
         return (1 - tau) * h_prev + tau * torch.relu(h_new), x_new
 
     def combine_state(self, layer, prev, new, graph, record):
-        if new.v is None:
+        if new.v is None and new.f is None:
             return super().combine_state(layer, prev, new, graph, record)
         tau = self.gate(layer, prev, graph)  # (n_atoms, H), one τ for a channel's scalar and its vector
         h = (1 - tau) * prev.h + tau * torch.relu(new.h)
-        v = (1 - tau).unsqueeze(1) * prev.v + tau.unsqueeze(1) * new.v  # (n_atoms, 3, H)
-        return LayerState(h, new.x, v)
+        v = None if new.v is None else (1 - tau).unsqueeze(1) * prev.v + tau.unsqueeze(1) * new.v  # (n_atoms, 3, H)
+        f = None
+        if new.f is not None:  # SEGNN's l>0 features: one rate per atom (module docstring)
+            tau_atom = tau.mean(-1, keepdim=True)  # (n_atoms, 1)
+            f = (1 - tau_atom) * prev.f + tau_atom * new.f  # (n_atoms, D)
+        return LayerState(h, new.x, v, f)

@@ -12,7 +12,8 @@ PN and PN-SI are PyTorch Geometric's ``PairNorm`` (given the batch vector); PN-S
 Coordinates are handled as in the plain stack. Vector features (PaiNN) are not normalised and pass on
 as the layer gave them: centring each channel of a vector over a molecule's atoms and dividing by a
 norm is fine for scalars, but PairNorm's per-channel statistics over the three components of a vector
-would mix them and break rotation equivariance.
+would mix them and break rotation equivariance. The same holds for SEGNN's steerable l>0 features: PairNorm
+acts on their l=0 part (``LayerState.h``) and f_l = f̃_l.
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ transmission becomes the same averaging of the vector features, v_l = ½ (v_{l�
 chooses average or replace for them; the node-only ablation replaces), the residual acts on the
 scalars as above, and the coordinate regulariser is off: positions never move, so there is nothing
 to regress. Setting ``update_coords``, ``reg_weight`` > 0, ``reg_layers``, ``reg_target`` or
-``coord_noise`` there is refused by name.
+``coord_noise`` there is refused by name. On SEGNN (positions fixed, steerable l>0 features f in e3nn's
+layout) the same holds with f in place of v: h_l = W_l[h_{l−1} ‖ h̃_l] on the l=0 part, f_l = ½ (f_{l−1} + f̃_l),
+an average with invariant coefficients and so equivariant; ``residual=add`` is refused there as on PaiNN
+(both layers add their update to their input already).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class PairReg(Mitigation):
                                  ("reg_target", reg_target), ("coord_noise", coord_noise)):
                 if value is not None and value is not False:
                     raise ValueError(f"{field}={value!r}: backbone {backbone!r} keeps positions fixed, so PairReg's "
-                                     "coordinate terms do not apply (it averages the vector features instead)")
+                                     "coordinate terms do not apply (it averages the vector / steerable features instead)")
             if reg_weight not in (None, 0, 0.0):
                 raise ValueError(f"reg_weight={reg_weight}: backbone {backbone!r} keeps positions fixed, so the "
                                  "coordinate regulariser would be 0")
@@ -154,6 +157,9 @@ class PairReg(Mitigation):
 
     def combine_vectors(self, layer, v_prev, v_new, graph, record):
         return 0.5 * (v_prev + v_new) if self.vector_mix == "average" else v_new
+
+    def combine_irreps(self, layer, f_prev, f_new, graph, record):
+        return 0.5 * (f_prev + f_new) if self.vector_mix == "average" else f_new
 
     def extra_loss(self, record, graph):
         """λ · mean over chosen layers of mean_i ‖x_{l,i} − target_i‖² (Å²); None when λ = 0."""

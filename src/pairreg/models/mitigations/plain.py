@@ -10,7 +10,8 @@ class NoMitigation(Mitigation):
     """Plain EGNN: each layer's output is the next layer's input, h_l = h̃_l, x_l = x̃_l.
 
     On PaiNN it is the published model: each PaiNN layer already adds its updates to its input
-    (s + Δs, v + Δv), and vector features pass on unchanged, v_l = ṽ_l.
+    (s + Δs, v + Δv), and vector features pass on unchanged, v_l = ṽ_l. So on SEGNN, whose layers add
+    their update to their input too (f + φ_f), with the steerable l>0 features f_l = f̃_l.
 
     Args:
         update_coords: let layers move coordinates (default False: EGNN on QM9 keeps them fixed,
@@ -30,7 +31,7 @@ class NoMitigation(Mitigation):
 class AdditiveResidual(NoMitigation):
     """Additive residual, h_l = h_{l−1} + h̃_l (as in EGNN's reference code, ``recurrent=True``).
 
-    Refused on PaiNN, whose layers are residual already (a second skip would double the input).
+    Refused on PaiNN and SEGNN, whose layers are residual already (a second skip would double the input).
 
     Args:
         update_coords: as for ``none`` (default False).
