@@ -1,4 +1,4 @@
-"""The molecule model: atom embedding → backbone (EGNN, PaiNN or ClofNet, + mitigation) → readout → physical units.
+"""The molecule model: atom embedding → backbone (EGNN, PaiNN, ClofNet or SEGNN, + mitigation) → readout → physical units.
 
 A plain ``nn.Module`` taking tensors::
 
