@@ -63,16 +63,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from egnn_pytorch import EGNN
 from pairreg.data.qm9 import egnn_split, load_qm9
 from pairreg.models import MoleculeModel
-from pairreg.models.backbones import BACKBONES, PAPER_SETTINGS
+from pairreg.models.backbones import BACKBONES, STUDY_SETTINGS
 from pairreg.models.model import AtomFeatures
 from pairreg.training.losses import total_loss, task_loss
 
 PEER = "egnn-pytorch"
 MATCHED = " (EGNN widths)"  # suffix of the peer rows whose MLPs have EGNN's sizes (use_egnn_widths)
 # defaults of --layers/--steps/--warmup: "short" finishes in about 5 minutes on 2 CPU cores
-# each backbone's own model options at its published settings; width and depth stay the benchmark's
+# each backbone's own model options at its study settings; width and depth stay the benchmark's
 BACKBONE_OPTIONS = {name: {k: v for k, v in keys.items() if k not in ("n_layers", "hidden")}
-                    for name, keys in PAPER_SETTINGS.items()}
+                    for name, keys in STUDY_SETTINGS.items()}
 PROTOCOLS = {"short": {"layers": [7], "steps": 1, "warmup": 1}, "full": {"layers": [7, 9], "steps": 20, "warmup": 3}}
 
 

@@ -74,7 +74,7 @@ def test_budget_preset_is_issue_14s_design_at_equal_wall_time(tmp_path):
 
 def test_backbones_study_has_every_backbone_at_its_paper_settings_with_and_without_pairreg(tmp_path):
     from pairreg.bench.report import published_table
-    from pairreg.models.backbones import BACKBONES, PAPER_SETTINGS
+    from pairreg.models.backbones import BACKBONES, STUDY_SETTINGS
 
     study = build_study("backbones", "budget", molecule="ethanol")
     assert study.rows() == [f"{b} {m}" for b in BACKBONES for m in ("none", "pairreg")]
@@ -82,7 +82,7 @@ def test_backbones_study_has_every_backbone_at_its_paper_settings_with_and_witho
     painn = next(c for c in study.cells if c.group == "painn pairreg")
     cfg = runner.cell_config(study, painn, tmp_path, [])
     assert cfg.backbone == "painn" and cfg.mitigation == "pairreg" and cfg.time_budget_min == 60
-    assert {k: getattr(cfg, k) for k in PAPER_SETTINGS["painn"]} == PAPER_SETTINGS["painn"]
+    assert {k: getattr(cfg, k) for k in STUDY_SETTINGS["painn"]} == STUDY_SETTINGS["painn"]
     assert "| painn | 2.7 | 10.0 |" in published_table(study)
     with pytest.raises(ValueError, match="use --preset budget"):
         build_study("backbones", "cpu")

@@ -145,3 +145,27 @@ def test_physical_units_round_trip():
     std = model.to_standard(y)
     torch.testing.assert_close(std, torch.tensor([[1.0, 2.0]]))
     torch.testing.assert_close(model.to_physical(std), y.double())
+
+
+def test_authors_coord_init_moves_coordinates_from_the_start_and_stays_equivariant():
+    """coord_init=authors: φ_x's last layer keeps a bias and PyTorch's default init (the PairReg authors' scripts), so
+    an untrained PairReg model moves coordinates ~60x more than with EGNN's gain-1e-3 start; still E(3)."""
+    from pairreg.config import Config, ConfigError, validate
+
+    zs, ps = random_molecules([6], np.random.default_rng(0))
+    b = make_batch(zs, ps, dtype=torch.float64)
+    moved = {}
+    for init in ("egnn", "authors"):
+        torch.manual_seed(0)
+        model = MoleculeModel(hidden=16, n_layers=4, mitigation="pairreg", coord_init=init).double()
+        assert (model.backbone.layers[0].coord_mlp[-1].bias is not None) == (init == "authors")
+        assert_equivariant(model)
+        with torch.no_grad():
+            _, rec = model(b.z, b.pos, b.batch, b.edge_index, 1)
+        moved[init] = float((rec.x[-1] - rec.x[0]).abs().max())
+    assert moved["authors"] > 20 * moved["egnn"]
+    with pytest.raises(ConfigError, match="coord_init=authors: only backbone=egnn"):
+        validate(Config(coord_init="authors", backbone="clofnet"))
+    from pairreg.bench.studies import ABLATION_VARIANTS
+
+    assert "coord_init=authors" in ABLATION_VARIANTS["full, authors' φ_x init"]

@@ -50,6 +50,8 @@ class Config:
     n_layers: int = 9
     node_attr: bool = True  # feed input atom features into every φ_h (EGNN's QM9 model; egnn only)
     coord_act: str = "tanh"  # hidden activation of φ_x: tanh (PairReg) or silu (EGNN); egnn and clofnet
+    coord_init: str = "egnn"  # φ_x's last layer: egnn (no bias, gain 1e-3: coordinates start still) | authors (the
+    #   PairReg authors' scripts: bias and PyTorch's default init, coordinates move from step 0); egnn only
     n_rbf: int = 0  # radial basis functions of the distance in φ_e (0: EGNN's raw d² only; not the paper's)
     rbf_max_A: float = 10.0  # Gaussians: last basis centre, Å (centres evenly spaced from 0 Å)
     rbf: str = "gaussian"  # gaussian | bessel: DimeNet's Bessel functions × polynomial envelope (p = 6), r_c = cutoff_A
@@ -135,6 +137,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _CHOICES = {
     "backbone": ("egnn", "painn", "clofnet", "segnn"),
     "coord_act": ("tanh", "silu"),
+    "coord_init": ("egnn", "authors"),
     "rbf": ("gaussian", "bessel"),
     "optimizer": ("adam", "adamw"),
     "schedule": ("constant", "cosine", "warmup-cosine", "plateau"),
@@ -419,6 +422,8 @@ def validate(cfg: Config) -> Config:
     if cfg.rbf == "bessel" and cfg.cutoff_A is None:
         raise ConfigError("rbf=bessel needs cutoff_A (Å), the r_c where its functions vanish (it is also the graph's "
                           "radius cutoff; a value above the largest molecule keeps the complete graph)")
+    if cfg.coord_init != "egnn" and cfg.backbone != "egnn":
+        raise ConfigError(f"coord_init={cfg.coord_init}: only backbone=egnn has EGNN's φ_x (backbone={cfg.backbone})")
     if cfg.backbone == "painn" and (cfg.cutoff_A is None or cfg.n_rbf < 1):
         raise ConfigError(f"backbone=painn needs cutoff_A (Å) and n_rbf >= 1 (got {cfg.cutoff_A}, {cfg.n_rbf}): its "
                           "filters read a radial basis inside a cosine cutoff (the paper: cutoff_A=5 n_rbf=20 rbf=bessel)")

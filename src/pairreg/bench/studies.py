@@ -8,8 +8,8 @@
 Where the paper means EGNN, two rows stand in: ``none``, the plain EGCL stack (h_l = h̃_l), and
 ``residual``, EGNN's own form (its QM9 model adds h + φ_h(…)); only the second is labelled EGNN.
 
-* ``backbones`` — every backbone at its published settings, without and with PairReg, at one wall-clock
-  budget (issue 16's accuracy at equal compute; ``budget`` preset only).
+* ``backbones`` — every backbone at its study settings (PaiNN: its paper's), without and with PairReg,
+  at one wall-clock budget (issue 16's accuracy at equal compute; ``budget`` preset only).
 
 Each study has a ``paper`` preset (the paper's protocol, for GPUs), a ``cpu`` preset sized for about
 two hours on two CPU cores, and a ``budget`` preset: the field's recipe of the one-hour presets
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data import qm9
-from ..models.backbones import BACKBONES, PAPER_SETTINGS
+from ..models.backbones import BACKBONES, STUDY_SETTINGS
 
 PRESETS = ("cpu", "paper", "budget")
 DEPTHS = (1, 3, 5, 7, 9, 12)
@@ -51,6 +51,8 @@ ABLATION_VARIANTS = {  # label → overrides (at 9 layers); the paper's Table 2 
     "node only (authors: replace, λ=0)": ["mitigation=pairreg", "coord_mix=replace", "reg_weight=0"],
     "coord only": ["mitigation=pairreg", "ablation=coord-only"],
     "full (default)": ["mitigation=pairreg"],
+    # the authors' φ_x last layer (bias, PyTorch's default init: coordinates move from step 0; ours starts still)
+    "full, authors' φ_x init": ["mitigation=pairreg", "coord_init=authors"],
     "reg_layers=all": ["mitigation=pairreg", "reg_layers=all"],
     "reg_target=previous": ["mitigation=pairreg", "reg_target=previous"],
     "coord_mix=replace": ["mitigation=pairreg", "coord_mix=replace"],
@@ -183,12 +185,12 @@ PUBLISHED_RMD17 = {
 
 
 def backbone_overrides(backbone: str) -> tuple[str, ...]:
-    """``--set`` overrides that give ``backbone`` its published settings (models/backbones PAPER_SETTINGS)."""
-    return (f"backbone={backbone}", *(f"{k}={v}" for k, v in PAPER_SETTINGS.get(backbone, {}).items()))
+    """``--set`` overrides that give ``backbone`` its study settings (models/backbones STUDY_SETTINGS)."""
+    return (f"backbone={backbone}", *(f"{k}={v}" for k, v in STUDY_SETTINGS.get(backbone, {}).items()))
 
 
 def backbones_study(preset: str, seeds: int | None = None, molecule: str = "aspirin") -> Study:
-    """Rows ``<backbone> none`` and ``<backbone> pairreg`` for every backbone, each at its paper's settings (EGNN
+    """Rows ``<backbone> none`` and ``<backbone> pairreg`` for every backbone, each at its study settings (STUDY_SETTINGS; EGNN
     at the rmd17-1h preset's 6 x 64), the same wall budget, 2 seeds."""
     if preset != "budget":
         raise ValueError(f"study backbones compares at equal wall time: use --preset budget (not {preset!r})")
@@ -196,7 +198,7 @@ def backbones_study(preset: str, seeds: int | None = None, molecule: str = "aspi
     study = Study("backbones", preset, base, base_overrides)
     for backbone in BACKBONES:
         settings = backbone_overrides(backbone)
-        layers_ = int(PAPER_SETTINGS.get(backbone, {}).get("n_layers", 6))
+        layers_ = int(STUDY_SETTINGS.get(backbone, {}).get("n_layers", 6))
         for mitigation in ("none", "pairreg"):
             group = f"{backbone} {mitigation}"
             for seed in _seeds(2, seeds):

@@ -79,6 +79,7 @@ class MoleculeModel(nn.Module):
         mitigation_options: keyword options of the mitigation (e.g. ``{"reg_weight": 1.0}``).
         node_attr: concatenate the input atom features into φ_h of every layer (EGNN's QM9 model; default True).
         coord_act: hidden activation of φ_x, ``"tanh"`` (default) or ``"silu"``.
+        coord_init: EGNN's φ_x last layer, ``"egnn"`` (default) or ``"authors"`` (backbones/egnn.py).
         l_max: SEGNN only: the highest degree l of its steerable features and spherical harmonics (default 1).
         n_rbf, rbf_max_A: optional Gaussian distance basis in φ_e (default 0: off, as EGNN; see backbones/egnn.py).
         rbf: the basis, ``"gaussian"`` (default) or ``"bessel"`` (needs ``cutoff_A``; models/radial.py).
@@ -112,6 +113,7 @@ class MoleculeModel(nn.Module):
         atom_ref=None,
         backbone: str = "egnn",
         l_max: int = 1,
+        coord_init: str = "egnn",
     ):
         super().__init__()
         if backbone not in BACKBONES:
@@ -131,7 +133,8 @@ class MoleculeModel(nn.Module):
                                             rbf=rbf, cutoff_A=cutoff_A)
         else:
             self.backbone = EGNNBackbone(n_layers, hidden, mit, self.features.dim if node_attr else 0, coord_act,
-                                         n_rbf=n_rbf, rbf_max_A=rbf_max_A, rbf=rbf, cutoff_A=cutoff_A)
+                                         n_rbf=n_rbf, rbf_max_A=rbf_max_A, rbf=rbf, cutoff_A=cutoff_A,
+                                         coord_init=coord_init)
         self.node_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.graph_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_targets))
         mean = torch.zeros(n_targets) if target_mean is None else torch.as_tensor(np.asarray(target_mean), dtype=torch.float64)
@@ -259,5 +262,5 @@ def build_model(cfg, target_mean=None, target_scale=None, atom_ref=None) -> Mole
         mitigation_options=cfg.mitigation_options(), node_attr=cfg.node_attr, coord_act=cfg.coord_act,
         n_rbf=cfg.n_rbf, rbf_max_A=cfg.rbf_max_A, rbf=cfg.rbf, cutoff_A=cfg.cutoff_A,
         elements=elements_of(cfg), target_mean=target_mean, target_scale=target_scale, atom_ref=atom_ref,
-        backbone=cfg.backbone, l_max=cfg.l_max,
+        backbone=cfg.backbone, l_max=cfg.l_max, coord_init=cfg.coord_init,
     )

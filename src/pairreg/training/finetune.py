@@ -25,7 +25,8 @@ import torch
 from ..config import MITIGATION_KEYS, ConfigError
 
 # keys whose value fixes the weights' shapes or their meaning: they must match the parent's
-MODEL_KEYS = ("backbone", "hidden", "n_layers", "node_attr", "coord_act", "n_rbf", "rbf_max_A", "rbf", "cutoff_A", "mitigation",
+MODEL_KEYS = ("backbone", "hidden", "n_layers", "node_attr", "coord_act", "coord_init", "n_rbf", "rbf_max_A", "rbf",
+              "cutoff_A", "mitigation",
               "elements", "l_max") + MITIGATION_KEYS
 STANDARDISATION = ("target_mean", "target_scale", "atom_ref")
 # parameters of message-passing layer k: the EGCL itself and a mitigation's per-layer modules (PairReg's

@@ -43,6 +43,9 @@ from ..state import LayerRecord, LayerState  # noqa: F401  (LayerRecord: re-expo
 from ..radial import build_basis
 
 
+COORD_INITS = ("egnn", "authors")  # φ_x's last layer: EGNN's near-zero start, or the PairReg authors' default
+
+
 class EGCL(nn.Module):
     """One E(n)-equivariant graph convolutional layer.
 
@@ -57,10 +60,14 @@ class EGCL(nn.Module):
         rbf: ``"gaussian"`` (default) or ``"bessel"`` (models/radial.py).
         cutoff_A: Bessel: r_c in Å (required). The graph cutoff itself is applied by the model, which
             passes the envelope weights to :meth:`forward`.
+        coord_init: φ_x's last layer, ``"egnn"`` (default: no bias, Xavier gain 1e-3, so coordinates barely
+            move at first, as EGNN's code) or ``"authors"`` (the PairReg authors' scripts: with a bias and
+            PyTorch's default init, so coordinates move from the first step; docs/method.md §3).
     """
 
     def __init__(self, hidden: int, node_attr_dim: int = 0, update_coords: bool = True, coord_act: str = "tanh",
-                 n_rbf: int = 0, rbf_max_A: float = 10.0, rbf: str = "gaussian", cutoff_A: float | None = None):
+                 n_rbf: int = 0, rbf_max_A: float = 10.0, rbf: str = "gaussian", cutoff_A: float | None = None,
+                 coord_init: str = "egnn"):
         super().__init__()
         self.hidden = hidden
         self.update_coords = update_coords
@@ -74,9 +81,14 @@ class EGCL(nn.Module):
         self.edge_out = nn.Linear(hidden, hidden)
         self.gate = nn.Linear(hidden, 1)
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden + node_attr_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        if update_coords:
+        if coord_init not in COORD_INITS:
+            raise ValueError(f"coord_init={coord_init!r} is not valid; choose one of {list(COORD_INITS)}")
+        if update_coords and coord_init == "authors":
+            last = nn.Linear(hidden, 1)  # bias and PyTorch's default init, as the authors' coord_mlp
+        elif update_coords:
             last = nn.Linear(hidden, 1, bias=False)
             nn.init.xavier_uniform_(last.weight, gain=1e-3)
+        if update_coords:
             act = {"tanh": nn.Tanh(), "silu": nn.SiLU()}[coord_act]
             self.coord_mlp = nn.Sequential(nn.Linear(hidden, hidden), act, last)
         # Initialise the split first layer like one nn.Linear(2H + 1 + n_rbf, H) on [h_i ‖ h_j ‖ d² ‖ basis]
@@ -152,14 +164,16 @@ class EGNNBackbone(nn.Module):
     """
 
     def __init__(self, n_layers: int, hidden: int, mitigation, node_attr_dim: int = 0, coord_act: str = "tanh",
-                 n_rbf: int = 0, rbf_max_A: float = 10.0, rbf: str = "gaussian", cutoff_A: float | None = None):
+                 n_rbf: int = 0, rbf_max_A: float = 10.0, rbf: str = "gaussian", cutoff_A: float | None = None,
+                 coord_init: str = "egnn"):
         super().__init__()
         self.mitigation = mitigation
         # one place for what every EGCL of the model sees (edge features, node attributes)
         options = dict(node_attr_dim=node_attr_dim, coord_act=coord_act, n_rbf=n_rbf, rbf_max_A=rbf_max_A, rbf=rbf,
                        cutoff_A=cutoff_A)
         self.layers = nn.ModuleList(
-            EGCL(hidden, update_coords=mitigation.update_coords, **options) for _ in range(n_layers)
+            EGCL(hidden, update_coords=mitigation.update_coords, coord_init=coord_init, **options)
+            for _ in range(n_layers)
         )
         # a mitigation's own EGCLs (G2's gates) are built like these layers, with coordinate updates off
         mitigation.attach_layers(lambda: EGCL(hidden, update_coords=False, **options))
