@@ -51,6 +51,17 @@ def test_speed_times_every_other_backbone_and_can_build_each_at_its_settings():
                           **speed.BACKBONE_OPTIONS.get(backbone, {}))
 
 
+def test_peer_painn_times_ours_without_the_peer_and_standardises_forces_to_unit_rms(capsys):
+    """benchmarks/peer_painn.py without SchNetPack: ours only, said so; its batches have unit-RMS forces."""
+    peer = _load("peer_painn")
+    data = peer.draw_batches(peer.DEFAULT_DATA, batch=4, n=3)
+    assert data["pos"].shape == (3, 4, 9, 3) and data["energy"].shape == (3, 4)
+    assert 0.5 < float(np.sqrt((data["forces"] ** 2).mean())) < 2.0
+    assert peer.main(["--steps", "1", "--warmup", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| ours, backbone=painn (3 x 128) |" in out and "SchNetPack not measured" in out
+
+
 # --- benchmarks/gpu.py and its compact QM9 file (the GPU machine has neither qm9pack nor a network) ---
 
 def test_gpu_defaults_fit_one_device_call_and_quick_is_toy_sized():
