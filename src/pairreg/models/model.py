@@ -22,7 +22,6 @@ from .backbones import BACKBONES
 from .backbones.clofnet import ClofNetBackbone
 from .backbones.egnn import EGNNBackbone
 from .backbones.painn import PaiNNBackbone
-from .backbones.segnn import SEGNNBackbone
 from .mitigations import GraphContext, build_mitigation
 from .radial import polynomial_envelope
 
@@ -127,6 +126,8 @@ class MoleculeModel(nn.Module):
             self.backbone = PaiNNBackbone(n_layers, hidden, mit, n_rbf=n_rbf, cutoff_A=cutoff_A, rbf=rbf,
                                           rbf_max_A=rbf_max_A)
         elif backbone == "segnn":
+            from .backbones.segnn import SEGNNBackbone  # e3nn takes about as long to import as torch: only when used
+
             self.backbone = SEGNNBackbone(n_layers, hidden, mit, l_max=l_max)
         elif backbone == "clofnet":
             self.backbone = ClofNetBackbone(n_layers, hidden, mit, coord_act, n_rbf=n_rbf, rbf_max_A=rbf_max_A,
