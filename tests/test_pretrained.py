@@ -1,5 +1,5 @@
-"""The shipped rMD17 ethanol model: its card's accuracy holds on official test frames it never saw, in the
-right units, through both `pairreg evaluate`'s code and the ASE calculator."""
+"""The shipped rMD17 models (ethanol, aspirin): each card's accuracy holds on official test frames the model never
+saw, in the right units, through both `pairreg evaluate`'s code and the ASE calculator."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ase import Atoms
 
 from pairreg import pretrained
@@ -19,19 +20,21 @@ from pairreg.units import convert
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rmd17"
 ETHANOL = "rmd17-ethanol-pairreg"
+ASPIRIN = "rmd17-aspirin-pairreg"
 
 
 def test_the_shipped_models_are_listed_and_the_default_is_qm9():
-    assert {pretrained.DEFAULT, ETHANOL, "qm9-homo-residual"} <= set(pretrained.names())
+    assert {pretrained.DEFAULT, ETHANOL, ASPIRIN, "qm9-homo-residual"} <= set(pretrained.names())
     assert pretrained.DEFAULT == "qm9-homo-lumo-gap-pairreg"
 
 
-def test_shipped_ethanol_model_matches_its_card_on_unseen_test_frames():
-    model, info = load_model(pretrained.PREFIX + ETHANOL)
+@pytest.mark.parametrize("molecule, name", [("ethanol", ETHANOL), ("aspirin", ASPIRIN)])
+def test_shipped_rmd17_model_matches_its_card_on_unseen_test_frames(molecule, name):
+    model, info = load_model(pretrained.PREFIX + name)
     assert info["target_names"] == ["energy"] and info["target_units"] == ["meV"]
-    card = json.loads((resources.files("pairreg.pretrained") / f"{ETHANOL}.metrics.json").read_text())["test"]
+    card = json.loads((resources.files("pairreg.pretrained") / f"{name}.metrics.json").read_text())["test"]
     # the first 20 frames of the official test file (the model trained on frames of the train file only)
-    ds = to_set(read_npz(FIXTURE / "rmd17_ethanol_test_01.npz", "ethanol"))
+    ds = to_set(read_npz(FIXTURE / f"rmd17_{molecule}_test_01.npz", molecule))
     energy_meV, forces_meV_A = predict_energy_forces(model, ds)
     e_mae = np.abs(energy_meV - ds.y[:, 0]).mean()
     f_mae = np.abs(forces_meV_A - ds.forces).mean()
@@ -40,7 +43,7 @@ def test_shipped_ethanol_model_matches_its_card_on_unseen_test_frames():
     assert e_mae < 3 * card["test/energy_mae_meV"], e_mae
     assert f_mae > 0.25 * card["test/forces_mae_meV_per_Angstrom"]  # not a memorised frame either
 
-    calc = PairregCalculator(pretrained.PREFIX + ETHANOL)
+    calc = PairregCalculator(pretrained.PREFIX + name)
     z, pos = ds.atoms(0)
     atoms = Atoms(numbers=z, positions=pos, calculator=calc)
     np.testing.assert_allclose(atoms.get_potential_energy(), convert(energy_meV[0], "meV", "eV"), rtol=1e-9)
