@@ -10,14 +10,14 @@ other, so both models see the same pairs). Readouts differ: SchNetPack's ``Atomw
 summed) against ours (node MLP 128 → 128 → 128, sum, graph MLP 128 → 128 → 1); the parameter counts are
 printed so the difference is visible.
 
-SchNetPack runs in its own virtual environment (``--peer-python``; it pins an older torch than ours), as a
+SchNetPack runs in its own virtual environment (``--peer-python``) with the torch it installs (2.4.1 for
+schnetpack 2.1.1, which fails to import on our torch 2.13: ``torch.utils.data.dataloader.T_co`` is gone), as a
 subprocess of this script in ``--_peer`` mode, so the two never share an interpreter. Each repeat times ours,
 then the peer, with ``--threads`` threads each; the medians over ``--repeats`` and their ratio are printed.
 The peer's torch version is printed beside ours: part of any difference can be torch's, not the model's.
 
-Set-up of the peer (outside the repository):
-``python3 -m venv /work/spk-venv && /work/spk-venv/bin/pip install schnetpack && /work/spk-venv/bin/pip
-install torch==2.13.0`` (schnetpack 2.1.1 pulls torch 2.4.1; the second command puts ours back).
+Set-up of the peer (outside the repository; the torch it pulls is a multi-GB CUDA build from PyPI, which
+runs on the CPU): ``python3 -m venv /work/spk-venv && /work/spk-venv/bin/pip install schnetpack``.
 
 Run:  .venv/bin/python benchmarks/peer_painn.py --peer-python /work/spk-venv/bin/python [--threads 1]
 Last line: ``train_speedup_vs_schnetpack_painn=<ours/peer steps per second>``.
