@@ -173,6 +173,29 @@ class Runner:
         return fwd.get_total_flops(), both.get_total_flops(), int(y.shape[0])
 
 
+def other_backbone(model: str, backbones) -> bool:
+    """Whether a row name (``ours painn pairreg``) is one of ``backbones``' rows (not EGNN's, not the peer's)."""
+    parts = model.split()
+    return len(parts) == 3 and parts[0] == "ours" and parts[1] in backbones
+
+
+def add_ratios(rows: list[dict], backbones) -> dict:
+    """Speed ratios per row, in place: ours on EGNN against the peer (its widths and EGNN's), other backbones against
+    ours ``none`` on EGNN. Returns the rows by (model, layers)."""
+    by_key = {(row["model"], row["layers"]): row for row in rows}
+    for row in rows:
+        row["achieved_train_gflop_s"] = row["train_mol_s"] * row["train_gflop_per_mol"]
+        if other_backbone(row["model"], backbones):
+            row["train_ratio_vs_egnn"] = row["train_mol_s"] / by_key[("ours none", row["layers"])]["train_mol_s"]
+            continue
+        ref = {"ours none": PEER, "ours pairreg": PEER + "+x"}.get(row["model"], row["model"])
+        row["train_ratio_vs_peer"] = row["train_mol_s"] / by_key[(ref, row["layers"])]["train_mol_s"]
+        if row["model"].startswith("ours"):  # the same against the peer at EGNN's widths
+            matched = by_key[(ref + MATCHED, row["layers"])]
+            row["train_ratio_vs_peer_egnn_widths"] = row["train_mol_s"] / matched["train_mol_s"]
+    return by_key
+
+
 def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(2):
@@ -260,18 +283,7 @@ def main(argv=None):
                      "train_mol_s": n_mols / statistics.median(r.train_times),
                      "infer_mol_s": n_mols / statistics.median(r.infer_times),
                      "fwd_gflop_per_mol": fwd / flop_mols / 1e9, "train_gflop_per_mol": both / flop_mols / 1e9})
-    by_key = {(row["model"], row["layers"]): row for row in rows}
-    for row in rows:
-        if row["model"].split()[1] in args.backbones:  # another backbone: its speed against ours on EGNN
-            row["train_ratio_vs_egnn"] = row["train_mol_s"] / by_key[("ours none", row["layers"])]["train_mol_s"]
-            row["achieved_train_gflop_s"] = row["train_mol_s"] * row["train_gflop_per_mol"]
-            continue
-        ref = {"ours none": PEER, "ours pairreg": PEER + "+x"}.get(row["model"], row["model"])
-        row["train_ratio_vs_peer"] = row["train_mol_s"] / by_key[(ref, row["layers"])]["train_mol_s"]
-        if row["model"].startswith("ours"):  # the same against the peer at EGNN's widths
-            matched = by_key[(ref + MATCHED, row["layers"])]
-            row["train_ratio_vs_peer_egnn_widths"] = row["train_mol_s"] / matched["train_mol_s"]
-        row["achieved_train_gflop_s"] = row["train_mol_s"] * row["train_gflop_per_mol"]
+    by_key = add_ratios(rows, args.backbones)
 
     print(f"QM9 train split, first {n_mols} molecules in {len(ours_batches)} batches of {args.batch}; "
           f"{atoms / n_mols:.1f} atoms/mol, {edges / n_mols:.0f} edges/mol (ours), "

@@ -51,6 +51,19 @@ def test_speed_times_every_other_backbone_and_can_build_each_at_its_settings():
                           **speed.BACKBONE_OPTIONS.get(backbone, {}))
 
 
+def test_speed_ratios_name_each_row_against_its_reference():
+    """Rows of the peer (``egnn-pytorch``, one word) and of other backbones (``ours painn none``) get their ratios."""
+    speed = _load("speed")
+    names = ["ours none", "ours pairreg", "egnn-pytorch", "egnn-pytorch+x", "egnn-pytorch (EGNN widths)",
+             "egnn-pytorch+x (EGNN widths)", "ours painn none", "ours painn pairreg"]
+    rows = [{"model": n, "layers": 7, "train_mol_s": float(k + 1), "train_gflop_per_mol": 1.0} for k, n in enumerate(names)]
+    by_key = speed.add_ratios(rows, ["painn"])
+    assert by_key[("ours none", 7)]["train_ratio_vs_peer"] == 1 / 3
+    assert by_key[("ours none", 7)]["train_ratio_vs_peer_egnn_widths"] == 1 / 5
+    assert by_key[("ours painn pairreg", 7)]["train_ratio_vs_egnn"] == 8.0
+    assert "train_ratio_vs_egnn" not in by_key[("egnn-pytorch", 7)]
+
+
 def test_peer_painn_times_ours_without_the_peer_and_standardises_forces_to_unit_rms(capsys):
     """benchmarks/peer_painn.py without SchNetPack: ours only, said so; its batches have unit-RMS forces."""
     peer = _load("peer_painn")
