@@ -223,7 +223,8 @@ def test_bad_override_fails_before_writing(tmp_path):
 def test_cli_list_and_report(tmp_path, capsys):
     assert main(["bench", "ablation", "--list", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "study ablation, preset cpu: 24 cells" in text and text.count("to do") == 24
+    n = 2 * len(ABLATION_VARIANTS)
+    assert f"study ablation, preset cpu: {n} cells" in text and text.count("to do") == n
     assert main(["bench", "depth", "--report", "--out", str(tmp_path)]) == 0
     assert "test energy MAE (meV)" in (tmp_path / "table.md").read_text()
     with pytest.raises(SystemExit):
