@@ -34,3 +34,23 @@ def rmd17_run(tmp_path_factory) -> Path:
             "ema_decay=0.9", "batch_size=8", "epochs=2", "progress=false", "threads=1", "seed=3", "name=ethanol"]
     assert main(args) == 0
     return out / "ethanol"
+
+
+def train_and_predict(tmp_path, capsys, backbone: str, settings: list[str]):
+    """Train ``backbone`` with forces for one epoch on the ethanol fixture (PairReg, 2 layers, ``settings`` on top),
+    check that `pairreg predict` reads the run back as a CSV with an energy column, and return the loaded
+    (model, info) — the CLI round trip every backbone's tests share."""
+    from pairreg.cli.main import main
+    from pairreg.training.checkpoint import load_model
+
+    args = ["train", "--out", str(tmp_path), "--set", "dataset=rmd17", "molecule=ethanol", f"data_root={RMD17_FIXTURE}",
+            "targets=energy", f"backbone={backbone}", "n_layers=2", "mitigation=pairreg", "force_weight=10",
+            "batch_size=8", "epochs=1", "progress=false", "threads=1", f"name={backbone}", *settings]
+    assert main(args) == 0
+    capsys.readouterr()  # the training report
+    model, info = load_model(tmp_path / backbone)
+    frame = FIXTURES / "inputs" / "ethanol.extxyz"
+    assert main(["predict", str(frame), "--checkpoint", str(tmp_path / backbone), "--csv"]) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()[:2]
+    assert "energy" in header and len(row.split(",")) == len(header.split(","))
+    return model, info

@@ -262,20 +262,8 @@ def test_config_accepts_clofnet_and_the_model_is_built_from_it():
 
 def test_train_and_predict_a_clofnet_model_from_the_cli(tmp_path, capsys):
     """backbone=clofnet through the whole tool: train with forces, the checkpoint rebuilds the same model."""
-    from pairreg.cli.main import main
-    from pairreg.training.checkpoint import load_model
+    from conftest import train_and_predict
 
-    from conftest import RMD17_FIXTURE
-
-    args = ["train", "--out", str(tmp_path), "--set", "dataset=rmd17", "molecule=ethanol", f"data_root={RMD17_FIXTURE}",
-            "targets=energy", "backbone=clofnet", "n_rbf=8", "hidden=8", "n_layers=2", "mitigation=pairreg",
-            "force_weight=10", "batch_size=8", "epochs=1", "progress=false", "threads=1", "name=clofnet"]
-    assert main(args) == 0
-    capsys.readouterr()  # the training report
-    model, info = load_model(tmp_path / "clofnet")
+    model, info = train_and_predict(tmp_path, capsys, "clofnet", ["n_rbf=8", "hidden=8"])
     assert info["config"].backbone == "clofnet" and type(model.backbone).__name__ == "ClofNetBackbone"
     assert model.backbone.layers[0].update_coords
-    frame = RMD17_FIXTURE.parent / "inputs" / "ethanol.extxyz"
-    assert main(["predict", str(frame), "--checkpoint", str(tmp_path / "clofnet"), "--csv"]) == 0
-    header, row = capsys.readouterr().out.strip().splitlines()[:2]
-    assert "energy" in header and len(row.split(",")) == len(header.split(","))

@@ -243,10 +243,11 @@ def test_g2_gates_vectors_with_the_scalar_rates():
     ("g2", {"update_coords": True}, "keeps positions fixed"),
     ("pairnorm", {"update_coords": True}, "keeps positions fixed"),
 ])
-def test_combinations_that_make_no_sense_are_refused_by_name(mitigation, options, message):
+@pytest.mark.parametrize("backbone", ["painn", "segnn"])  # both keep positions fixed and have residual layers
+def test_combinations_that_make_no_sense_are_refused_by_name(backbone, mitigation, options, message):
     with pytest.raises(ValueError, match=message) as err:
-        build_mitigation(mitigation, 2, 4, backbone="painn", **options)
-    assert "painn" in str(err.value)
+        build_mitigation(mitigation, 2, 4, backbone=backbone, **options)
+    assert backbone in str(err.value)
 
 
 def test_config_needs_a_cutoff_and_a_basis_for_painn():
@@ -271,21 +272,8 @@ def test_cosine_cutoff_values():
 
 def test_train_and_predict_a_painn_model_from_the_cli(tmp_path, capsys):
     """backbone=painn through the whole tool: train with forces, the checkpoint rebuilds the same model."""
-    from pairreg.cli.main import main
-    from pairreg.training.checkpoint import load_model
+    from conftest import train_and_predict
 
-    from conftest import RMD17_FIXTURE
-
-    args = ["train", "--out", str(tmp_path), "--set", "dataset=rmd17", "molecule=ethanol", f"data_root={RMD17_FIXTURE}",
-            "targets=energy", "backbone=painn", "cutoff_A=5", "n_rbf=8", "rbf=bessel", "hidden=8", "n_layers=2",
-            "mitigation=pairreg", "force_weight=10", "batch_size=8", "epochs=1", "progress=false", "threads=1",
-            "name=painn"]
-    assert main(args) == 0
-    capsys.readouterr()  # the training report
-    model, info = load_model(tmp_path / "painn")
+    model, info = train_and_predict(tmp_path, capsys, "painn", ["cutoff_A=5", "n_rbf=8", "rbf=bessel", "hidden=8"])
     assert info["config"].backbone == "painn" and type(model.backbone).__name__ == "PaiNNBackbone"
     assert model.backbone.mitigation.vector_mix == "average"
-    frame = RMD17_FIXTURE.parent / "inputs" / "ethanol.extxyz"
-    assert main(["predict", str(frame), "--checkpoint", str(tmp_path / "painn"), "--csv"]) == 0
-    header, row = capsys.readouterr().out.strip().splitlines()[:2]
-    assert "energy" in header and len(row.split(",")) == len(header.split(","))

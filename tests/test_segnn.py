@@ -251,21 +251,7 @@ def test_g2_gates_steerable_features_with_the_mean_rate():
     assert torch.equal(out.f[2], prev.f[2]) and torch.equal(out.h[2], prev.h[2])  # τ = 0 keeps the previous layer
 
 
-@pytest.mark.parametrize("mitigation, options, message", [
-    ("residual", {}, "already add their updates"),
-    ("pairreg", {"residual": "add"}, "already add their updates"),
-    ("noisynodes", {}, "keeps positions fixed"),
-    ("pairreg", {"reg_weight": 1.0}, "regulariser would be 0"),
-    ("pairreg", {"update_coords": True}, "keeps positions fixed"),
-    ("pairreg", {"coord_noise": 0.1}, "keeps positions fixed"),
-    ("none", {"update_coords": True}, "keeps positions fixed"),
-    ("g2", {"update_coords": True}, "keeps positions fixed"),
-    ("pairnorm", {"update_coords": True}, "keeps positions fixed"),
-])
-def test_combinations_that_make_no_sense_are_refused_by_name(mitigation, options, message):
-    with pytest.raises(ValueError, match=message) as err:
-        build_mitigation(mitigation, 2, 4, backbone="segnn", **options)
-    assert "segnn" in str(err.value)
+# the refusals by name (residual layers, positions fixed) are tested for PaiNN and SEGNN together in test_painn.py
 
 
 def test_config_l_max_and_backbone_keys():
@@ -297,20 +283,8 @@ def test_fine_tuning_compares_l_max_and_freezes_the_steerable_embedding():
 @pytest.mark.slow
 def test_train_and_predict_a_segnn_model_from_the_cli(tmp_path, capsys):
     """backbone=segnn through the whole tool: train with forces (double backward), the checkpoint rebuilds it."""
-    from pairreg.cli.main import main
-    from pairreg.training.checkpoint import load_model
+    from conftest import train_and_predict
 
-    from conftest import RMD17_FIXTURE
-
-    args = ["train", "--out", str(tmp_path), "--set", "dataset=rmd17", "molecule=ethanol", f"data_root={RMD17_FIXTURE}",
-            "targets=energy", "backbone=segnn", "l_max=2", "hidden=4", "n_layers=2", "mitigation=pairreg",
-            "force_weight=10", "batch_size=8", "epochs=1", "progress=false", "threads=1", "name=segnn"]
-    assert main(args) == 0
-    capsys.readouterr()  # the training report
-    model, info = load_model(tmp_path / "segnn")
+    model, info = train_and_predict(tmp_path, capsys, "segnn", ["l_max=2", "hidden=4"])
     assert info["config"].backbone == "segnn" and info["config"].l_max == 2
     assert type(model.backbone).__name__ == "SEGNNBackbone" and model.backbone.irreps == hidden_irreps(4, 2)
-    frame = RMD17_FIXTURE.parent / "inputs" / "ethanol.extxyz"
-    assert main(["predict", str(frame), "--checkpoint", str(tmp_path / "segnn"), "--csv"]) == 0
-    header, row = capsys.readouterr().out.strip().splitlines()[:2]
-    assert "energy" in header and len(row.split(",")) == len(header.split(","))
