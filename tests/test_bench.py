@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pairreg.bench import runner
-from pairreg.bench.report import compare_table, dirichlet_ratio, fmt, target_table, welch_p, write_report
+from pairreg.bench.report import (budget_check_table, compare_table, dirichlet_ratio, fmt, target_table, welch_p,
+                                  write_report)
 from pairreg.bench.studies import ABLATION_VARIANTS, DEPTHS, STUDIES, Cell, Study, build_study, row_label
 from pairreg.cli.main import main
 from pairreg.config import ConfigError
@@ -70,6 +71,51 @@ def test_budget_preset_is_issue_14s_design_at_equal_wall_time(tmp_path):
         build_study("ablation", "budget", depths=[8])
     ablation = build_study("ablation", "budget")
     assert runner.cell_config(ablation, ablation.cells[0], tmp_path, []).n_layers == 8
+
+
+def test_budget_check_trains_the_8_layer_cells_for_the_budget_and_three_times_it(tmp_path):
+    study = build_study("budget-check", "budget", molecule="ethanol", budget_min=10)
+    assert sorted((c.group, c.x) for c in study.cells) == sorted(
+        (g, b) for g in ("none", "residual", "pairreg") for b in (10.0, 30.0))
+    for cell in study.cells:
+        cfg = runner.cell_config(study, cell, tmp_path, ["threads=1"])
+        assert (cfg.time_budget_min, cfg.n_layers, cfg.mitigation, cfg.molecule) == (cell.x, 8, cell.group, "ethanol")
+    assert {c.x for c in build_study("budget-check", "budget").cells} == {60.0, 180.0}  # the presets' hour
+    with pytest.raises(ValueError, match="use --preset budget"):
+        build_study("budget-check", "cpu")
+    with pytest.raises(ValueError, match="budget-check study only"):
+        build_study("depth", "budget", budget_min=10)
+
+
+def test_budget_check_cli_takes_b_from_set_and_a_grid_key_in_set_is_refused(tmp_path, capsys):
+    assert main(["bench", "budget-check", "--preset", "budget", "--list", "--out", str(tmp_path),
+                 "--set", "time_budget_min=5", "threads=1"]) == 0
+    text = capsys.readouterr().out
+    assert "6 cells" in text and "--set threads=1" in text and "time_budget_min" not in text.split("\n", 1)[1]
+    assert {line.split()[3] for line in text.splitlines()[1:]} == {
+        f"{g}-{b}min-s0" for g in ("none", "residual", "pairreg") for b in (5, 15)}
+    # a --set of a key the cells set would silently turn the grid into one configuration
+    assert main(["bench", "depth", "--preset", "budget", "--list", "--out", str(tmp_path / "d"),
+                 "--set", "n_layers=3"]) == 2
+    assert "--set n_layers: the depth study sets it per cell" in capsys.readouterr().err
+    assert main(["bench", "budget-check", "--preset", "budget", "--list", "--set", "time_budget_min=ten"]) == 2
+    assert "--set time_budget_min: expected a number of minutes, got 'ten'" in capsys.readouterr().err
+
+
+def test_budget_check_table_gives_each_ratio_and_the_verdict():
+    def result(group, minutes, energy, forces):
+        return {"cell": f"{group}-{minutes}", "group": group, "x": float(minutes), "seed": 0,
+                "test": {"test/energy_mae_meV": energy, "test/forces_mae_meV_per_Angstrom": forces}}
+
+    results = [result("none", 10, 11.0, 40.0), result("none", 30, 10.0, 36.0),  # 1.10, 1.11: long enough
+               result("pairreg", 10, 12.0, 50.0), result("pairreg", 30, 10.0, 40.0),  # 1.20, 1.25: too short
+               result("residual", 10, 9.0, 30.0)]  # its 3 B cell is not finished
+    lines = budget_check_table(results, ["none", "pairreg", "residual"], [10.0, 30.0]).splitlines()
+    assert "test energy (meV), 10 min | 30 min | ratio 10 / 30" in lines[0] and lines[0].endswith("within 15% |")
+    none, pairreg, residual = lines[2:]
+    assert "| 1.10 |" in none and "| 1.11 |" in none and none.endswith("| yes |")
+    assert "| 1.20 |" in pairreg and "| 1.25 |" in pairreg and pairreg.endswith("| no |")
+    assert residual.endswith("| – |")
 
 
 def test_backbones_study_has_every_backbone_at_its_paper_settings_with_and_without_pairreg(tmp_path):

@@ -111,6 +111,34 @@ def target_table(results: list[dict], split: str = "test") -> str:
     return "\n".join(lines)
 
 
+def budget_check_table(results: list[dict], groups: list[str], budgets: list[float], split: str = "test") -> str:
+    """Rows = mitigations; per target the MAE at the budget B and at 3 B and their ratio; the last column says
+    whether B is long enough (every ratio within the tolerance; "–" while a cell is missing)."""
+    from .studies import BUDGET_CHECK_TOLERANCE
+
+    short, long_ = min(budgets), max(budgets)
+    units = _units(results)
+    names = _target_order(units)
+    head = ["row"]
+    for name in names:
+        unit = pretty_unit(units[name])
+        head += [f"{split} {name} ({unit}), {short:g} min", f"{long_:g} min", f"ratio {short:g} / {long_:g}"]
+    head.append(f"within {BUDGET_CHECK_TOLERANCE:.0%}")
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
+    for group in groups:
+        row, ratios = [row_label(group)], []
+        for name in names:
+            a, b = (seed_stats([_metric(r, split, name, units[name]) for r in results
+                                if r["group"] == group and r["x"] == x]) for x in (short, long_))
+            ratio = a[0] / b[0] if a[2] and b[2] and b[0] > 0 else float("nan")
+            ratios.append(ratio)
+            row += [fmt(*a), fmt(*b), "–" if math.isnan(ratio) else f"{ratio:.2f}"]
+        done = ratios and not any(math.isnan(q) for q in ratios)
+        row.append(("yes" if max(ratios) <= 1 + BUDGET_CHECK_TOLERANCE else "no") if done else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def published_table(study: Study) -> str:
     """Each backbone's published number on the study's molecule, or that there is none."""
     from .studies import PUBLISHED_RMD17
@@ -204,6 +232,9 @@ def study_tables(study: Study, results: list[dict], extra: list[str] | None = No
         return "\n\n".join([head, *parts])
     if study.name == "ablation":
         return head + "\n\n" + variant_table(results, planned_groups)
+    if study.name == "budget-check":
+        budgets = sorted({c.x for c in study.cells})
+        return head + "\n\n" + budget_check_table(results, planned_groups, budgets)
     if study.name == "backbones":
         return head + "\n\n" + variant_table(results, planned_groups) + "\n\n" + published_table(study)
     return head + "\n\n" + target_table(results)

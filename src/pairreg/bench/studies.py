@@ -8,6 +8,9 @@
 Where the paper means EGNN, two rows stand in: ``none``, the plain EGCL stack (h_l = h̃_l), and
 ``residual``, EGNN's own form (its QM9 model adds h + φ_h(…)); only the second is labelled EGNN.
 
+* ``budget-check`` — is the budget long enough? The 8-layer cell of none, residual and pairreg trained for
+  the budget B and for 3 B (issue 14: choose B so that the first is within about 15 % of the second);
+  ``budget`` preset only, B from ``--set time_budget_min`` (default 60).
 * ``backbones`` — every backbone at its study settings (PaiNN: its paper's), without and with PairReg,
   at one wall-clock budget (issue 16's accuracy at equal compute; ``budget`` preset only).
 
@@ -29,6 +32,10 @@ PRESETS = ("cpu", "paper", "budget")
 DEPTHS = (1, 3, 5, 7, 9, 12)
 BUDGET_DEPTHS = (2, 4, 8, 12, 16)  # the budget preset's depth grid (issue 14)
 BUDGET_ABLATION_LAYERS = 8
+BUDGET_CHECK_ROWS = ("none", "residual", "pairreg")
+BUDGET_CHECK_FACTOR = 3  # the longer cell trains this many times the budget
+BUDGET_CHECK_TOLERANCE = 0.15  # converged enough: MAE(B) <= (1 + this) x MAE(3 B), for every target
+DEFAULT_BUDGET_MIN = 60.0  # the budget presets' time_budget_min
 BASELINE_DEPTHS = (3, 9)  # PairNorm and G2 in the depth study
 QM9_CPU_TARGETS = ("homo", "gap", "U0", "mu")
 
@@ -207,6 +214,28 @@ def backbones_study(preset: str, seeds: int | None = None, molecule: str = "aspi
     return study
 
 
+def budget_check_study(preset: str, seeds: int | None = None, molecule: str = "aspirin",
+                       budget_min: float | None = None) -> Study:
+    """Rows none, residual, pairreg at the ablation's depth (8 layers); columns x = the training budget in minutes, B
+    and 3 B. Each cell sets its own ``time_budget_min``, so ``--set time_budget_min`` gives B, not every cell's."""
+    if preset != "budget":
+        raise ValueError(f"study budget-check checks the budget preset's wall time: use --preset budget (not {preset!r})")
+    budget = DEFAULT_BUDGET_MIN if budget_min is None else float(budget_min)
+    if not budget > 0:
+        raise ValueError(f"--set time_budget_min: budget-check needs a budget > 0 minutes, got {budget_min}")
+    base, base_overrides = _rmd17_base(preset, molecule)
+    # B in the base overrides too: the study folder's manifest then refuses a rerun with another B
+    study = Study("budget-check", preset, base, [*base_overrides, f"n_layers={BUDGET_ABLATION_LAYERS}",
+                                                 f"time_budget_min={budget:g}"])
+    for minutes in (budget, BUDGET_CHECK_FACTOR * budget):
+        for mitigation in BUDGET_CHECK_ROWS:
+            for seed in _seeds(1, seeds):
+                study.cells.append(Cell(f"{mitigation}-{minutes:g}min-s{seed}", mitigation, minutes, seed,
+                                        (f"mitigation={mitigation}", f"time_budget_min={minutes:g}", f"seed={seed}"),
+                                        minutes / budget * BUDGET_ABLATION_LAYERS))
+    return study
+
+
 def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
     """cpu: one multi-target model per (mitigation, seed) on 4 targets; paper: one model per target (as EGNN)."""
     mitigations = ("none", "residual", "pairnorm", "g2", "pairreg")
@@ -233,14 +262,16 @@ def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
 
 
 STUDIES = {"depth": depth_study, "ablation": ablation_study, "qm9-table": qm9_table_study,
-           "backbones": backbones_study}
+           "backbones": backbones_study, "budget-check": budget_check_study}
 
 
 def build_study(name: str, preset: str, seeds: int | None = None, molecule: str = "aspirin",
-                depths: list[int] | None = None) -> Study:
+                depths: list[int] | None = None, budget_min: float | None = None) -> Study:
     """The study's cells, seed 0 of every configuration first: a partly run study has one seed of everything.
-    ``depths`` keeps only those columns of the depth study (``--depths``)."""
-    study = _build(name, preset, seeds, molecule)
+    ``depths`` keeps only those columns of the depth study (``--depths``); ``budget_min`` is budget-check's B."""
+    if budget_min is not None and name != "budget-check":
+        raise ValueError(f"a base budget applies to the budget-check study only (not {name})")
+    study = _build(name, preset, seeds, molecule, budget_min)
     if depths:
         if name != "depth":
             raise ValueError(f"--depths applies to the depth study only (not {name})")
@@ -253,7 +284,12 @@ def build_study(name: str, preset: str, seeds: int | None = None, molecule: str 
     return study
 
 
-def _build(name: str, preset: str, seeds: int | None, molecule: str) -> Study:
+def cell_keys(study: Study) -> set[str]:
+    """Config keys the study's cells set themselves (its grid): a ``--set`` of one would collapse the grid."""
+    return {o.split("=", 1)[0] for c in study.cells for o in c.overrides}
+
+
+def _build(name: str, preset: str, seeds: int | None, molecule: str, budget_min: float | None) -> Study:
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; choose one of {list(STUDIES)}")
     if preset not in PRESETS:
@@ -262,4 +298,6 @@ def _build(name: str, preset: str, seeds: int | None, molecule: str) -> Study:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if name == "qm9-table":
         return qm9_table_study(preset, seeds)
+    if name == "budget-check":
+        return budget_check_study(preset, seeds, molecule, budget_min)
     return STUDIES[name](preset, seeds, molecule)

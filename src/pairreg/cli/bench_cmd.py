@@ -1,4 +1,4 @@
-"""``pairreg bench {depth,ablation,qm9-table,backbones} --preset cpu|paper|budget [--seeds K] --out DIR``.
+"""``pairreg bench {depth,ablation,qm9-table,backbones,budget-check} --preset cpu|paper|budget [--seeds K] --out DIR``.
 
 Runs the unfinished cells of a study (a finished cell is never re-run; an interrupted one resumes
 from its last checkpoint), then writes ``table.md`` and PNG plots into DIR. ``--report`` only
@@ -13,7 +13,9 @@ import sys
 
 def add_parser(sub):
     p = sub.add_parser("bench", help="reproduce the paper's studies (depth, ablation, qm9-table) and compare backbones")
-    p.add_argument("study", choices=["depth", "ablation", "qm9-table", "backbones"])
+    p.add_argument("study", choices=["depth", "ablation", "qm9-table", "backbones", "budget-check"],
+                   help="budget-check: the 8-layer none/residual/pairreg cells at the budget B (--set "
+                        "time_budget_min=B, default 60) and at 3 B, and whether B is within 15 %% of 3 B")
     p.add_argument("--preset", choices=["cpu", "paper", "budget"], default="cpu",
                    help="cpu: sized for ~2 h on 2 CPU cores (default); paper: the paper's protocol (GPU); budget: "
                         "the one-hour presets' recipe, every cell the same wall time (60 min; --set "
@@ -45,14 +47,22 @@ def run(args) -> int:
 
     from ..bench.report import compare_table, write_report
     from ..bench.runner import cell_file, describe_cell, load_results, run_study
-    from ..bench.studies import build_study
+    from ..bench.studies import build_study, cell_keys
 
-    study = build_study(args.study, args.preset, args.seeds, args.molecule, args.depths)
+    extra = list(args.set)
+    budget_min = None
+    if args.study == "budget-check":  # its cells train for B and 3 B: --set time_budget_min is B, not every cell's
+        budget_min, extra = _take_budget(extra)
+    study = build_study(args.study, args.preset, args.seeds, args.molecule, args.depths, budget_min)
+    collide = sorted({o.split("=", 1)[0].strip() for o in extra} & cell_keys(study))
+    if collide:
+        raise ValueError(f"--set {' '.join(collide)}: the {args.study} study sets {'it' if len(collide) == 1 else 'them'} "
+                         "per cell (its grid); use --only / --depths / --seeds to choose cells")
     if args.only:
         study.only(args.only)
     out = Path(args.out or f"runs/bench/{args.study}-{args.preset}")
     if args.list:
-        print(study.describe() + (f"; --set {' '.join(args.set)}" if args.set else ""))
+        print(study.describe() + (f"; --set {' '.join(extra)}" if extra else ""))
         for k, cell in enumerate(study.cells, 1):
             done = cell_file(out, cell).is_file()
             print(f"{k:3d}. {'done ' if done else 'to do'}  {cell.key:28s} {describe_cell(cell)}")
@@ -64,12 +74,27 @@ def run(args) -> int:
         print(compare_table([r for r in load_results(out) if r["cell"] in keys], a, b,
                             depth_a=depth_a, depth_b=depth_b))
         return 0
-    results = load_results(out) if args.report else run_study(study, out, args.set, reuse=args.reuse)
+    results = load_results(out) if args.report else run_study(study, out, extra, reuse=args.reuse)
     results = [r for r in results if r["cell"] in keys]
     for path in write_report(study, results, out):
         print(f"wrote {path}", file=sys.stderr)
     print((out / "table.md").read_text(), end="")
     return 0
+
+
+def _take_budget(overrides: list[str]) -> tuple[float | None, list[str]]:
+    """``time_budget_min=B`` out of ``--set`` (the last one wins, as for other keys): (B or None, the rest)."""
+    budget, rest = None, []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() != "time_budget_min":
+            rest.append(item)
+            continue
+        try:
+            budget = float(value)
+        except ValueError:
+            raise ValueError(f"--set time_budget_min: expected a number of minutes, got {value!r}") from None
+    return budget, rest
 
 
 def _row_at_depth(name: str) -> tuple[str, int | None]:
