@@ -134,6 +134,25 @@ def test_backbones_study_has_every_backbone_at_its_paper_settings_with_and_witho
         build_study("backbones", "cpu")
 
 
+def test_backbones_qm9_study_trains_every_backbone_on_homo_with_the_qm9_1h_recipe(tmp_path):
+    from pairreg.bench.report import published_table
+    from pairreg.models.backbones import BACKBONES
+    from pairreg.models.model import build_model
+
+    study = build_study("backbones-qm9", "budget")
+    assert study.rows() == [f"{b} {m}" for b in BACKBONES for m in ("none", "pairreg")] and study.dataset == "qm9"
+    assert Counter(c.group for c in study.cells) == {row: 2 for row in study.rows()}
+    for cell in study.cells[: len(study.rows())]:  # seed 0 of every row: a model of that backbone builds
+        cfg = runner.cell_config(study, cell, tmp_path, ["hidden=16"])
+        assert (cfg.dataset, cfg.targets, cfg.time_budget_min, cfg.preset) == ("qm9", ["homo"], 60, "qm9-1h")
+        assert f"{cfg.backbone} {cfg.mitigation}" == cell.group
+        assert build_model(cfg) is not None
+    table = published_table(study)
+    assert "| painn | 27.6 |" in table and "| egnn | 29 |" in table and "| clofnet | – | no published" in table
+    with pytest.raises(ValueError, match="use --preset budget"):
+        build_study("backbones-qm9", "cpu")
+
+
 @pytest.mark.parametrize("name", ["depth", "ablation", "qm9-table"])
 @pytest.mark.parametrize("preset", ["cpu", "paper", "budget"])
 def test_every_cell_has_a_valid_config(name, preset, tmp_path):
@@ -386,6 +405,20 @@ def test_cli_runs_a_whole_small_study(tmp_path, capsys):
     assert "cell 16/16" in captured.err and "ETA" in captured.err
     assert "| plain EGCL stack (none) |" in captured.out and "| pairreg |" in captured.out and "| g2 |" in captured.out
     assert len(list((out / "cells").glob("*.json"))) == 16
+
+
+@pytest.mark.slow
+def test_backbones_qm9_runs_end_to_end_on_the_qm9_sample(qm9_sample_env, capsys):
+    out = qm9_sample_env / "bb"
+    args = ["bench", "backbones-qm9", "--preset", "budget", "--seeds", "1", "--out", str(out), "--only", "painn none",
+            "clofnet pairreg", "segnn pairreg", "--set", "time_budget_min=null", "epochs=1", "batch_size=8",
+            "subset_train=32", "subset_val=16", "subset_test=16", "threads=1", "progress=false"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "test homo MAE (meV)" in table and "| painn | 27.6 |" in table
+    for row in ("painn none", "clofnet pairreg", "segnn pairreg"):
+        line = next(line for line in table.splitlines() if line.startswith(f"| {row} |"))
+        assert "(1 seed)" in line, line  # a finite MAE from a trained cell, not a dash
 
 
 def test_metric_names_parse_back_to_target_and_unit():

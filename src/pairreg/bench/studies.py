@@ -12,7 +12,8 @@ Where the paper means EGNN, two rows stand in: ``none``, the plain EGCL stack (h
   the budget B and for 3 B (issue 14: choose B so that the first is within about 15 % of the second);
   ``budget`` preset only, B from ``--set time_budget_min`` (default 60).
 * ``backbones`` — every backbone at its study settings (PaiNN: its paper's), without and with PairReg,
-  at one wall-clock budget (issue 16's accuracy at equal compute; ``budget`` preset only).
+  at one wall-clock budget (issue 16's accuracy at equal compute; ``budget`` preset only); ``backbones-qm9``
+  the same on QM9 HOMO with the ``qm9-1h`` recipe.
 
 Each study has a ``paper`` preset (the paper's protocol, for GPUs), a ``cpu`` preset sized for about
 two hours on two CPU cores, and a ``budget`` preset: the field's recipe of the one-hour presets
@@ -196,22 +197,48 @@ def backbone_overrides(backbone: str) -> tuple[str, ...]:
     return (f"backbone={backbone}", *(f"{k}={v}" for k, v in STUDY_SETTINGS.get(backbone, {}).items()))
 
 
-def backbones_study(preset: str, seeds: int | None = None, molecule: str = "aspirin") -> Study:
-    """Rows ``<backbone> none`` and ``<backbone> pairreg`` for every backbone, each at its study settings (STUDY_SETTINGS; EGNN
-    at the rmd17-1h preset's 6 x 64), the same wall budget, 2 seeds."""
-    if preset != "budget":
-        raise ValueError(f"study backbones compares at equal wall time: use --preset budget (not {preset!r})")
-    base, base_overrides = _rmd17_base(preset, molecule)
-    study = Study("backbones", preset, base, base_overrides)
+# QM9 HOMO (meV) beside the QM9 backbones study, from ../shared/docs/field-recipes.md (EGNN/Cormorant split unless
+# noted). ClofNet's paper reports no QM9 property.
+PUBLISHED_QM9_HOMO = {
+    "egnn": (29, "EGNN, Satorras et al. 2021, Table 3"),
+    "painn": (27.6, "PaiNN, Schütt et al. 2021 (its 110k-train split)"),
+    "segnn": (24, "SEGNN, Brandstetter et al. 2022"),
+}
+
+
+def backbone_overrides(backbone: str) -> tuple[str, ...]:
+    """``--set`` overrides that give ``backbone`` its study settings (models/backbones STUDY_SETTINGS)."""
+    return (f"backbone={backbone}", *(f"{k}={v}" for k, v in STUDY_SETTINGS.get(backbone, {}).items()))
+
+
+def _backbone_rows(study: Study, seeds: int | None, egnn_layers: int) -> Study:
+    """Rows ``<backbone> none`` and ``<backbone> pairreg`` for every backbone at its study settings, 2 seeds."""
     for backbone in BACKBONES:
         settings = backbone_overrides(backbone)
-        layers_ = int(STUDY_SETTINGS.get(backbone, {}).get("n_layers", 6))
+        layers_ = int(STUDY_SETTINGS.get(backbone, {}).get("n_layers", egnn_layers))
         for mitigation in ("none", "pairreg"):
             group = f"{backbone} {mitigation}"
             for seed in _seeds(2, seeds):
                 study.cells.append(Cell(f"{_safe(group)}-s{seed}", group, None, seed,
                                         (*settings, f"mitigation={mitigation}", f"seed={seed}"), float(layers_)))
     return study
+
+
+def backbones_study(preset: str, seeds: int | None = None, molecule: str = "aspirin") -> Study:
+    """Every backbone at its study settings (STUDY_SETTINGS; EGNN and ClofNet at the rmd17-1h preset's 6 x 64),
+    without and with PairReg, the same wall budget, 2 seeds; rMD17 energies and forces."""
+    if preset != "budget":
+        raise ValueError(f"study backbones compares at equal wall time: use --preset budget (not {preset!r})")
+    base, base_overrides = _rmd17_base(preset, molecule)
+    return _backbone_rows(Study("backbones", preset, base, base_overrides), seeds, egnn_layers=6)
+
+
+def backbones_qm9_study(preset: str, seeds: int | None = None) -> Study:
+    """The backbones study on QM9 HOMO: the qm9-1h recipe (EGNN and ClofNet at its 7 x 64) and wall budget."""
+    if preset != "budget":
+        raise ValueError(f"study backbones-qm9 compares at equal wall time: use --preset budget (not {preset!r})")
+    study = Study("backbones-qm9", preset, "qm9-1h", ["targets=homo"], dataset="qm9", targets=("homo",))
+    return _backbone_rows(study, seeds, egnn_layers=7)
 
 
 def budget_check_study(preset: str, seeds: int | None = None, molecule: str = "aspirin",
@@ -262,7 +289,7 @@ def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
 
 
 STUDIES = {"depth": depth_study, "ablation": ablation_study, "qm9-table": qm9_table_study,
-           "backbones": backbones_study, "budget-check": budget_check_study}
+           "backbones": backbones_study, "backbones-qm9": backbones_qm9_study, "budget-check": budget_check_study}
 
 
 def build_study(name: str, preset: str, seeds: int | None = None, molecule: str = "aspirin",
@@ -298,6 +325,8 @@ def _build(name: str, preset: str, seeds: int | None, molecule: str, budget_min:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if name == "qm9-table":
         return qm9_table_study(preset, seeds)
+    if name == "backbones-qm9":
+        return backbones_qm9_study(preset, seeds)
     if name == "budget-check":
         return budget_check_study(preset, seeds, molecule, budget_min)
     return STUDIES[name](preset, seeds, molecule)

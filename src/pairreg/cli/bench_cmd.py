@@ -1,4 +1,4 @@
-"""``pairreg bench {depth,ablation,qm9-table,backbones,budget-check} --preset cpu|paper|budget [--seeds K] --out DIR``.
+"""``pairreg bench {depth,ablation,qm9-table,backbones,backbones-qm9,budget-check} --preset cpu|paper|budget [--seeds K] --out DIR``.
 
 Runs the unfinished cells of a study (a finished cell is never re-run; an interrupted one resumes
 from its last checkpoint), then writes ``table.md`` and PNG plots into DIR. ``--report`` only
@@ -13,7 +13,7 @@ import sys
 
 def add_parser(sub):
     p = sub.add_parser("bench", help="reproduce the paper's studies (depth, ablation, qm9-table) and compare backbones")
-    p.add_argument("study", choices=["depth", "ablation", "qm9-table", "backbones", "budget-check"],
+    p.add_argument("study", choices=["depth", "ablation", "qm9-table", "backbones", "backbones-qm9", "budget-check"],
                    help="budget-check: the 8-layer none/residual/pairreg cells at the budget B (--set "
                         "time_budget_min=B, default 60) and at 3 B, and whether B is within 15 %% of 3 B")
     p.add_argument("--preset", choices=["cpu", "paper", "budget"], default="cpu",
@@ -54,12 +54,12 @@ def run(args) -> int:
     if args.study == "budget-check":  # its cells train for B and 3 B: --set time_budget_min is B, not every cell's
         budget_min, extra = _take_budget(extra)
     study = build_study(args.study, args.preset, args.seeds, args.molecule, args.depths, budget_min)
+    if args.only:
+        study.only(args.only)
     collide = sorted({o.split("=", 1)[0].strip() for o in extra} & cell_keys(study))
     if collide:
         raise ValueError(f"--set {' '.join(collide)}: the {args.study} study sets {'it' if len(collide) == 1 else 'them'} "
                          "per cell (its grid); use --only / --depths / --seeds to choose cells")
-    if args.only:
-        study.only(args.only)
     out = Path(args.out or f"runs/bench/{args.study}-{args.preset}")
     if args.list:
         print(study.describe() + (f"; --set {' '.join(extra)}" if extra else ""))
