@@ -22,14 +22,17 @@ FIXTURE = Path(__file__).parent / "fixtures" / "rmd17"
 ETHANOL = "rmd17-ethanol-pairreg"
 ASPIRIN = "rmd17-aspirin-pairreg"
 ETHANOL_PAINN = "rmd17-ethanol-painn"
+ASPIRIN_PAINN = "rmd17-aspirin-painn"
 
 
 def test_the_shipped_models_are_listed_and_the_default_is_qm9():
-    assert {pretrained.DEFAULT, ETHANOL, ASPIRIN, ETHANOL_PAINN, "qm9-homo-residual"} <= set(pretrained.names())
+    assert {pretrained.DEFAULT, ETHANOL, ASPIRIN, ETHANOL_PAINN, ASPIRIN_PAINN,
+            "qm9-homo-residual"} <= set(pretrained.names())
     assert pretrained.DEFAULT == "qm9-homo-lumo-gap-pairreg"
 
 
-@pytest.mark.parametrize("molecule, name", [("ethanol", ETHANOL), ("aspirin", ASPIRIN), ("ethanol", ETHANOL_PAINN)])
+@pytest.mark.parametrize("molecule, name", [("ethanol", ETHANOL), ("aspirin", ASPIRIN), ("ethanol", ETHANOL_PAINN),
+                                             ("aspirin", ASPIRIN_PAINN)])
 def test_shipped_rmd17_model_matches_its_card_on_unseen_test_frames(molecule, name):
     model, info = load_model(pretrained.PREFIX + name)
     assert info["target_names"] == ["energy"] and info["target_units"] == ["meV"]
