@@ -48,6 +48,7 @@ def run(args) -> int:
     from ..bench.report import compare_table, write_report
     from ..bench.runner import cell_file, describe_cell, load_results, run_study
     from ..bench.studies import build_study, cell_keys
+    from ..config import parse_overrides
 
     extra = list(args.set)
     budget_min = None
@@ -56,7 +57,7 @@ def run(args) -> int:
     study = build_study(args.study, args.preset, args.seeds, args.molecule, args.depths, budget_min)
     if args.only:
         study.only(args.only)
-    collide = sorted({o.split("=", 1)[0].strip() for o in extra} & cell_keys(study))
+    collide = sorted(set(parse_overrides(extra)) & cell_keys(study))
     if collide:
         raise ValueError(f"--set {' '.join(collide)}: the {args.study} study sets {'it' if len(collide) == 1 else 'them'} "
                          "per cell (its grid); use --only / --depths / --seeds to choose cells")
@@ -84,16 +85,18 @@ def run(args) -> int:
 
 def _take_budget(overrides: list[str]) -> tuple[float | None, list[str]]:
     """``time_budget_min=B`` out of ``--set`` (the last one wins, as for other keys): (B or None, the rest)."""
+    from ..config import parse_overrides
+
     budget, rest = None, []
     for item in overrides:
-        key, _, value = item.partition("=")
-        if key.strip() != "time_budget_min":
+        parsed = parse_overrides([item])  # the config's own key=value parsing
+        if "time_budget_min" not in parsed:
             rest.append(item)
             continue
-        try:
-            budget = float(value)
-        except ValueError:
-            raise ValueError(f"--set time_budget_min: expected a number of minutes, got {value!r}") from None
+        budget = parsed["time_budget_min"]
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise ValueError(f"--set time_budget_min: expected a number of minutes, got {item.split('=', 1)[1]!r}")
+        budget = float(budget)
     return budget, rest
 
 
