@@ -134,8 +134,11 @@ class Config:
 MITIGATION_KEYS = ("residual", "coord_mix", "update_coords", "reg_layers", "reg_target", "reg_weight",
                    "coord_noise", "ablation", "pairnorm_mode", "pairnorm_scale", "g2_p", "g2_aggregation")
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# the backbone key's choices; models/backbones/ has one module for each
+BACKBONES = ("egnn", "painn", "clofnet", "segnn")
+
 _CHOICES = {
-    "backbone": ("egnn", "painn", "clofnet", "segnn"),
+    "backbone": BACKBONES,
     "coord_act": ("tanh", "silu"),
     "coord_init": ("egnn", "authors"),
     "rbf": ("gaussian", "bessel"),

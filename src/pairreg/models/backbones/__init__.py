@@ -6,7 +6,7 @@ the last layer's invariant features, positions and a per-layer record — so the
 energies and forces (−∂E/∂x), and every mitigation plug into any of them.
 """
 
-BACKBONES = ("egnn", "painn", "clofnet", "segnn")
+from ...config import BACKBONES  # noqa: F401 (the config key's choices, defined once there)
 
 # The settings each backbone runs with in the backbones study and benchmarks/speed.py, as config keys on top of
 # the preset (rmd17-1h: 6 layers x 64, 16 Gaussians to 5 A). PaiNN: its paper's MD17 model. ClofNet: its paper has
