@@ -27,7 +27,7 @@ ASPIRIN_PAINN = "rmd17-aspirin-painn"
 
 def test_the_shipped_models_are_listed_and_the_default_is_qm9():
     assert {pretrained.DEFAULT, ETHANOL, ASPIRIN, ETHANOL_PAINN, ASPIRIN_PAINN,
-            "qm9-homo-residual"} <= set(pretrained.names())
+            "qm9-homo-residual", "qm9-homo-painn"} <= set(pretrained.names())
     assert pretrained.DEFAULT == "qm9-homo-lumo-gap-pairreg"
 
 
@@ -55,12 +55,13 @@ def test_shipped_rmd17_model_matches_its_card_on_unseen_test_frames(molecule, na
                                rtol=1e-4, atol=1e-6)
 
 
-def test_shipped_qm9_homo_model_matches_its_card_on_typical_sample_molecules(qm9_sample_env):
-    """The one-hour QM9 HOMO model on the sample's typical (9 heavy atoms) molecules: MAE of the size of its
+@pytest.mark.parametrize("name", ["qm9-homo-residual", "qm9-homo-painn"])
+def test_shipped_qm9_homo_model_matches_its_card_on_typical_sample_molecules(name, qm9_sample_env):
+    """A one-hour QM9 HOMO model on the sample's typical (9 heavy atoms) molecules: MAE of the size of its
     test MAE (a Hartree/eV slip would be off by orders of magnitude)."""
     from pairreg.data import qm9
 
-    model, info = load_model(pretrained.PREFIX + "qm9-homo-residual")
+    model, info = load_model(pretrained.PREFIX + name)
     assert info["target_names"] == ["homo"] and info["target_units"] == ["meV"]
     card = info["metrics"]["test"]["test/homo_mae_meV"]
     sample = qm9.load_qm9(["homo"], verbose=False)
