@@ -99,6 +99,37 @@ def test_every_float_field_must_be_finite(key, text):
         load_config("qm9-demo", [f"{key}={text}"])
 
 
+def test_a_config_file_can_start_from_a_preset_and_its_own_keys_win(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("base: rmd17-1h\nhidden: 32\n")
+    mine, base = load_config(None, [], f).to_dict(), load_config("rmd17-1h", []).to_dict()
+    assert mine["hidden"] == 32 and base["hidden"] != 32
+    assert {k for k in mine if mine[k] != base[k]} == {"hidden", "preset"}  # preset: informational, --preset only
+    f.write_text("base: rmd17-1hh\n")
+    with pytest.raises(ConfigError, match="unknown preset 'rmd17-1hh'.*Did you mean 'rmd17-1h'"):
+        load_config(None, [], f)
+    f.write_text("base: [rmd17-1h]\n")
+    with pytest.raises(ConfigError, match="mine.yaml: base must be the name of a preset"):
+        load_config(None, [], f)
+
+
+def test_preset_bases_chain_name_the_file_of_a_bad_key_and_refuse_a_cycle(tmp_path, monkeypatch):
+    from pairreg import config
+
+    monkeypatch.setattr(config, "preset_path", lambda name: tmp_path / f"{name}.yaml")
+    (tmp_path / "a.yaml").write_text("base: b\nhidden: 8\n")
+    (tmp_path / "b.yaml").write_text("base: c\nhidden: 16\nn_layers: 5\n")
+    (tmp_path / "c.yaml").write_text("n_layers: 4\nlr: 0.01\n")
+    cfg = load_config("a", [])
+    assert (cfg.hidden, cfg.n_layers, cfg.lr, cfg.preset) == (8, 5, 0.01, "a")
+    (tmp_path / "c.yaml").write_text("n_layer: 4\n")
+    with pytest.raises(ConfigError, match=r"preset 'c' \(.*c.yaml\): unknown key 'n_layer'"):
+        load_config("a", [])
+    (tmp_path / "c.yaml").write_text("base: a\n")
+    with pytest.raises(ConfigError, match=r"base 'a' makes a cycle \(a -> b -> c -> a\)"):
+        load_config("a", [])
+
+
 def test_non_finite_float_in_a_config_file_is_refused(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("coord_noise: .nan\n")

@@ -233,16 +233,35 @@ def parse_overrides(items) -> dict:
     return out
 
 
+def _layers(data: dict, source: str, chain: tuple = ()) -> list[tuple[str, dict]]:
+    """``data``'s keys over those of the preset it names as ``base`` (which may name its own base),
+    as (source, keys) pairs to apply in order, so an error names the file the key is in."""
+    data = dict(data)
+    base = data.pop("base", None)
+    if base is None:
+        return [(source, data)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{source}: base must be the name of a preset, got {base!r}")
+    if base in chain:
+        raise ConfigError(f"{source}: base {base!r} makes a cycle ({' -> '.join((*chain, base))})")
+    path = preset_path(base)
+    parent = yaml.safe_load(path.read_text()) or {}
+    return [*_layers(parent, f"preset {base!r} ({path})", (*chain, base)), (source, data)]
+
+
 def load_config(preset: str | None = None, overrides=None, file: str | Path | None = None) -> Config:
-    """Defaults ← preset (or YAML ``file``) ← ``--set`` overrides, then validated."""
+    """Defaults ← preset (or YAML ``file``) ← ``--set`` overrides, then validated.
+
+    A preset or file may start from another preset with ``base: NAME``; its own keys win."""
     cfg = Config()
     preset_keys, user_keys = set(), set()
     if preset:
         path = preset_path(preset)
         data = yaml.safe_load(path.read_text()) or {}
-        apply(cfg, data, f"preset {preset!r} ({path})")
+        for source, keys in _layers(data, f"preset {preset!r} ({path})", (preset,)):
+            apply(cfg, keys, source)
+            preset_keys |= set(keys)
         cfg.preset = preset
-        preset_keys = set(data)
     if file:
         path = Path(file)
         try:
@@ -251,8 +270,12 @@ def load_config(preset: str | None = None, overrides=None, file: str | Path | No
             raise ConfigError(f"{path}: cannot read config ({err})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value")
-        apply(cfg, data, str(path))
-        user_keys |= set(data)
+        *bases, own = _layers(data, str(path))
+        for source, keys in bases:  # a file's base is a preset: its dataset keys give way like --preset's
+            apply(cfg, keys, source)
+            preset_keys |= set(keys)
+        apply(cfg, own[1], own[0])
+        user_keys |= set(own[1])
     values = parse_overrides(overrides)
     apply(cfg, values, "--set")
     user_keys |= set(values)
