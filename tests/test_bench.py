@@ -365,6 +365,15 @@ def write_depth_cells(out: Path, results: list[dict]) -> None:
         (out / "cells" / f"{r['cell']}.json").write_text(json.dumps(r))
 
 
+def test_row_labels_name_the_backbone_the_cells_trained():
+    egnn = [fake_result("none", 0, 300.0, 0.8, x=2), fake_result("residual", 0, 250.0, 0.7, x=2)]
+    painn = [dict(r, config={"backbone": "painn"}) for r in egnn]
+    assert "| plain EGCL stack (none) | EGNN (residual) |" in target_table(egnn).splitlines()[0]
+    header = target_table(painn).splitlines()[0]
+    assert "PaiNN (none) | residual" in header and "EGCL" not in header and "EGNN" not in header
+    assert row_label("none", "clofnet") == "ClofNet (none)" and row_label("pairreg", "segnn") == "pairreg"
+
+
 def test_compare_table_gives_means_difference_and_p_per_target(tmp_path, capsys):
     results = [fake_result("none", 0, 300.0, 0.8), fake_result("none", 1, 310.0, 0.7),
                fake_result("g2", 0, 200.0, 0.6), fake_result("g2", 1, 204.0, 0.75)]

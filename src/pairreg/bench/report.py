@@ -72,8 +72,14 @@ def depth_table(results: list[dict], title: str, value, depths=None, groups=None
         for d in depths:
             vals = [value(r) for r in results if r["group"] == group and r["x"] == d]
             cells.append(fmt(*seed_stats(vals)))
-        lines.append(f"| {row_label(group)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(results, group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _label(results: list[dict], group: str) -> str:
+    """The row's label for the backbone its cells trained (a depth study may run on --set backbone=painn)."""
+    backbones = {r.get("config", {}).get("backbone", "egnn") for r in results if r["group"] == group}
+    return row_label(group, backbones.pop() if len(backbones) == 1 else "egnn")
 
 
 def variant_table(results: list[dict], order: list[str] | None = None, split: str = "test") -> str:
@@ -93,7 +99,7 @@ def variant_table(results: list[dict], order: list[str] | None = None, split: st
         cells.append(fmt(*seed_stats([dirichlet_ratio(r) for r in rows])))
         cells.append(fmt(*seed_stats([coordinate_ratio(r) for r in rows])))
         cells.append(str(len(rows)))
-        lines.append(f"| {row_label(group)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(results, group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -101,7 +107,7 @@ def target_table(results: list[dict], split: str = "test") -> str:
     """QM9: rows = targets (with units), columns = mitigations."""
     units = _units(results)
     groups = _groups(results)
-    lines = [f"| {split} MAE | " + " | ".join(map(row_label, groups)) + " |", "|---|" + "---|" * len(groups)]
+    lines = [f"| {split} MAE | " + " | ".join(_label(results, g) for g in groups) + " |", "|---|" + "---|" * len(groups)]
     for name, unit in units.items():
         cells = []
         for g in groups:
@@ -126,7 +132,7 @@ def budget_check_table(results: list[dict], groups: list[str], budgets: list[flo
     head.append(f"within {BUDGET_CHECK_TOLERANCE:.0%}")
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for group in groups:
-        row, ratios = [row_label(group)], []
+        row, ratios = [_label(results, group)], []
         for name in names:
             a, b = (seed_stats([_metric(r, split, name, units[name]) for r in results
                                 if r["group"] == group and r["x"] == x]) for x in (short, long_))
@@ -275,8 +281,8 @@ def plot_mae_vs_depth(results: list[dict], path: Path) -> Path:
             stats = [seed_stats([_metric(r, "test", name, unit) for r in results if r["group"] == group and r["x"] == d])
                      for d in depths]
             ax.errorbar(depths, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", ms=4, capsize=3,
-                        label=row_label(group))
-        ax.set_xlabel("number of EGCL layers")
+                        label=_label(results, group))
+        ax.set_xlabel("number of layers")
         ax.set_ylabel(f"test {name} MAE ({pretty_unit(unit)})")
         ax.set_title(f"{name} MAE vs depth (mean ± std over seeds)", fontsize=10)
         ax.legend(fontsize=8)
@@ -292,9 +298,9 @@ def plot_dirichlet_per_layer(results: list[dict], path: Path, title: str) -> Pat
         if rows and isinstance(rows[0]["x"], int):
             deepest = max(r["x"] for r in rows)
             rows = [r for r in rows if r["x"] == deepest]
-            label = f"{row_label(group)}, {deepest} layers"
+            label = f"{_label(results, group)}, {deepest} layers"
         else:
-            label = row_label(group)
+            label = _label(results, group)
         curves = [r["diagnostics"]["dirichlet_h"] for r in rows if r.get("diagnostics")]
         if not curves:
             continue

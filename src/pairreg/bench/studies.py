@@ -49,6 +49,7 @@ QM9_CPU = ["hidden=64", "batch_size=32", "subset_train=8000", "subset_val=1000",
 
 # Table labels of the rows that stand for EGNN: only EGNN's own (residual) form is called EGNN.
 ROW_LABELS = {"none": "plain EGCL stack (none)", "residual": "EGNN (residual)"}
+BACKBONE_NAMES = {"egnn": "EGNN", "painn": "PaiNN", "segnn": "SEGNN", "clofnet": "ClofNet"}
 
 ABLATION_VARIANTS = {  # label → overrides (at 9 layers); the paper's Table 2 rows first
     ROW_LABELS["none"]: ["mitigation=none"],
@@ -120,8 +121,11 @@ class Study:
                 f"{self.base_preset!r} with {' '.join(self.base_overrides) or 'no overrides'}")
 
 
-def row_label(group: str) -> str:
-    """A row's label in tables and plots: ``none`` → "plain EGCL stack (none)", ``residual`` → "EGNN (residual)"."""
+def row_label(group: str, backbone: str = "egnn") -> str:
+    """A row's label in tables and plots: ``none`` → "plain EGCL stack (none)", ``residual`` → "EGNN (residual)";
+    on another backbone (``--set backbone=painn``) those names would be wrong: ``none`` → "PaiNN (none)"."""
+    if backbone != "egnn":
+        return f"{BACKBONE_NAMES.get(backbone, backbone)} (none)" if group == "none" else group
     return ROW_LABELS.get(group, group)
 
 
