@@ -233,6 +233,12 @@ def parse_overrides(items) -> dict:
     return out
 
 
+def _read_preset(name: str) -> tuple[str, dict]:
+    """(how errors name it, its keys) of the shipped preset ``name``."""
+    path = preset_path(name)
+    return f"preset {name!r} ({path})", yaml.safe_load(path.read_text()) or {}
+
+
 def _layers(data: dict, source: str, chain: tuple = ()) -> list[tuple[str, dict]]:
     """``data``'s keys over those of the preset it names as ``base`` (which may name its own base),
     as (source, keys) pairs to apply in order, so an error names the file the key is in."""
@@ -244,9 +250,8 @@ def _layers(data: dict, source: str, chain: tuple = ()) -> list[tuple[str, dict]
         raise ConfigError(f"{source}: base must be the name of a preset, got {base!r}")
     if base in chain:
         raise ConfigError(f"{source}: base {base!r} makes a cycle ({' -> '.join((*chain, base))})")
-    path = preset_path(base)
-    parent = yaml.safe_load(path.read_text()) or {}
-    return [*_layers(parent, f"preset {base!r} ({path})", (*chain, base)), (source, data)]
+    parent_source, parent = _read_preset(base)
+    return [*_layers(parent, parent_source, (*chain, base)), (source, data)]
 
 
 def load_config(preset: str | None = None, overrides=None, file: str | Path | None = None) -> Config:
@@ -256,9 +261,8 @@ def load_config(preset: str | None = None, overrides=None, file: str | Path | No
     cfg = Config()
     preset_keys, user_keys = set(), set()
     if preset:
-        path = preset_path(preset)
-        data = yaml.safe_load(path.read_text()) or {}
-        for source, keys in _layers(data, f"preset {preset!r} ({path})", (preset,)):
+        preset_source, data = _read_preset(preset)
+        for source, keys in _layers(data, preset_source, (preset,)):
             apply(cfg, keys, source)
             preset_keys |= set(keys)
         cfg.preset = preset
