@@ -315,3 +315,41 @@ def test_md_stability_settings_and_start_frames():
         md.parse_args(["ckpt", "--timestep-fs", "0"])
     d = md.pair_distances_A([np.array([[0.0, 0, 0], [1.0, 0, 0], [1.0, 2.0, 0]])])
     np.testing.assert_allclose(sorted(d), [1.0, 2.0, np.sqrt(5.0)])
+
+
+def test_equivariance_matrix_sorts_a_real_pytest_report_by_backbone_and_mitigation(tmp_path):
+    """A JUnit report of stand-in test files written as the backbones' are (stacked parametrize, a refusal test
+    with the backbone innermost): passes, a failure and refusals land in their cells, other tests nowhere."""
+    import subprocess
+    import sys
+
+    matrix = _load("equivariance_matrix")
+    (tmp_path / "test_painn.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('depth', [2, 9])\n"
+        "@pytest.mark.parametrize('variant', ['none', 'pairreg-dense', 'g2-mean'])\n"
+        "def test_equivariance_float64(variant, depth):\n"
+        "    assert not (variant == 'g2-mean' and depth == 9)\n"
+        "@pytest.mark.parametrize('variant', ['pairnorm'])\n"
+        "def test_forces_are_equivariant(variant):\n"
+        "    pass\n"
+        "@pytest.mark.parametrize('variant', ['residual'])\n"
+        "def test_vector_features_are_not_vacuous(variant):\n"
+        "    pass\n"
+        "@pytest.mark.parametrize('mitigation, options, message', [('residual', {}, 'already add'),\n"
+        "                                                          ('pairreg', {'reg_weight': 1.0}, 'would be 0')])\n"
+        "@pytest.mark.parametrize('backbone', ['painn', 'segnn'])\n"
+        "def test_combinations_that_make_no_sense_are_refused_by_name(backbone, mitigation, options, message):\n"
+        "    pass\n")
+    report = tmp_path / "report.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                    str(tmp_path / "test_painn.py")], cwd=tmp_path, capture_output=True, check=False)
+    cells = matrix.matrix_from_junit(report)
+    assert cells[("PaiNN", "none")] == {"passed": 2, "failed": 0, "refused": 0}
+    assert cells[("PaiNN", "g2")] == {"passed": 1, "failed": 1, "refused": 0}
+    assert cells[("PaiNN", "pairnorm")]["passed"] == 1
+    assert cells[("PaiNN", "residual")] == {"passed": 0, "failed": 0, "refused": 1}  # the non-battery test is not counted
+    assert cells[("SEGNN", "pairreg")]["refused"] == 1 and cells[("PaiNN", "pairreg")]["passed"] == 2
+    table = matrix.markdown(cells)
+    row = next(line for line in table.splitlines() if line.startswith("| PaiNN "))
+    assert row.split(" | ")[1:] == ["pass (2)", "refused", "pass (2) ¹", "pass (1)", "FAIL (1/2)", "– |"]
