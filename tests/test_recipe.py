@@ -282,3 +282,17 @@ def test_qm9_budget_preset_trains_on_the_sample_and_stops_on_budget(preset, qm9_
     summary = train(cfg)
     assert summary["stopped_by"] == "time_budget_min"
     assert math.isfinite(summary["test"]["test/homo_mae_meV"])
+
+
+def test_ema_decay_warms_up_with_the_number_of_updates():
+    """d = min(decay, (1 + n) / (10 + n)): early averages follow the weights (a short run is not evaluated on
+    its initial weights), later ones use the configured decay; an unchanged weight stays bit for bit."""
+    from pairreg.training.callbacks import _ema_step
+
+    step = _ema_step(0.999)
+    average, current = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    assert torch.allclose(step(average, current, torch.tensor(1)), torch.full((3,), 9 / 11, dtype=torch.float64))
+    late = step(average, current, torch.tensor(20_000))
+    assert torch.allclose(late, torch.full((3,), 1e-3, dtype=torch.float64), rtol=1e-9)
+    frozen = torch.tensor([0.1234567, -3.3], dtype=torch.float32)
+    assert torch.equal(step(frozen, frozen.clone(), torch.tensor(5)), frozen)

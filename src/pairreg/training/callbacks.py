@@ -30,9 +30,14 @@ def weight_averaging(decay: float) -> EMAWeightAveraging:
     lookup table), and averaging the integer lookup table truncates it (an EMA step of 3 gives 2), which
     made oxygen look like nitrogen in every validation.
 
-    The update is written ema + (1 − decay)·(w − ema), not Lightning's decay·ema + (1 − decay)·w: the same
-    average, but a weight that does not change (a frozen layer, ``freeze_layers``) stays bit for bit the same,
-    where the other form rounds it a little at every step.
+    The update is written ema + (1 − d)·(w − ema), not Lightning's d·ema + (1 − d)·w: the same average, but a
+    weight that does not change (a frozen layer, ``freeze_layers``) stays bit for bit the same, where the other
+    form rounds it a little at every step.
+
+    The decay warms up with the number n of updates so far, d = min(decay, (1 + n) / (10 + n)), as NequIP's
+    ``ema_use_num_updates`` and TensorFlow's ``ExponentialMovingAverage(num_updates=…)`` do: with a fixed 0.999
+    a 10-minute QM9 run of SEGNN (~340 steps) was evaluated on an average still 0.999³⁴⁰ = 71 % its first
+    step's weights. From n ≈ 9,000 on (decay 0.999) the two are the same.
     """
     callback = EMAWeightAveraging(decay=decay, use_buffers=False)
     callback._kwargs["avg_fn"] = _ema_step(decay)  # passed on to torch's AveragedModel
@@ -41,7 +46,10 @@ def weight_averaging(decay: float) -> EMAWeightAveraging:
 
 def _ema_step(decay: float):
     def step(average, current, num_averaged):
-        return average + (1.0 - decay) * (current - average)
+        # num_averaged: a tensor on the weights' device (no host sync); ≥ 1 here, torch copies the first step
+        n = num_averaged.to(average.dtype)
+        d = ((1.0 + n) / (10.0 + n)).clamp(max=decay)
+        return average + (1.0 - d) * (current - average)
 
     return step
 
