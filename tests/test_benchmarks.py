@@ -320,9 +320,6 @@ def test_md_stability_settings_and_start_frames():
 def test_equivariance_matrix_sorts_a_real_pytest_report_by_backbone_and_mitigation(tmp_path):
     """A JUnit report of stand-in test files written as the backbones' are (stacked parametrize, a refusal test
     with the backbone innermost): passes, a failure and refusals land in their cells, other tests nowhere."""
-    import subprocess
-    import sys
-
     matrix = _load("equivariance_matrix")
     (tmp_path / "test_painn.py").write_text(
         "import pytest\n"
@@ -342,8 +339,7 @@ def test_equivariance_matrix_sorts_a_real_pytest_report_by_backbone_and_mitigati
         "def test_combinations_that_make_no_sense_are_refused_by_name(backbone, mitigation, options, message):\n"
         "    pass\n")
     report = tmp_path / "report.xml"
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                    str(tmp_path / "test_painn.py")], cwd=tmp_path, capture_output=True, check=False)
+    matrix.run_pytest([tmp_path / "test_painn.py"], report, cwd=tmp_path)
     cells = matrix.matrix_from_junit(report)
     assert cells[("PaiNN", "none")] == {"passed": 2, "failed": 0, "refused": 0}
     assert cells[("PaiNN", "g2")] == {"passed": 1, "failed": 1, "refused": 0}

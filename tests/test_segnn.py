@@ -294,8 +294,6 @@ def test_messages_are_averaged_so_features_do_not_grow_with_molecule_size_or_dep
     """M_i is the mean of the messages (C = 1/(N − 1)), SEGNN's instance norm being absent: with a sum, a
     QM9-sized molecule (~18 atoms, complete graph) multiplied the features ~5x per layer at initialisation
     (the 4 x 64 model's readout started hundreds of standard deviations from the targets and training diverged)."""
-    from pairreg.data.molecules import make_batch
-
     rng = np.random.default_rng(3)
     model = make_segnn("none", 9, hidden=16).double()
     rms = {}
