@@ -114,8 +114,10 @@ def test_diagnose_writes_json_and_png(trained_run, tmp_path, capsys):
                  "--out", str(tmp_path / "diag")]) == 0
     runs = json.loads((tmp_path / "diag" / "diagnostics.json").read_text())
     assert len(runs) == 2 and runs[0]["n_layers"] == 2 and runs[0]["molecules"] == 8
+    assert runs[0]["label"] == f"{runs[0]['backbone']} {runs[0]['mitigation']}, 2 layers"
     assert len(runs[0]["diagnostics"]["dirichlet_h"]) == 3  # embedding + 2 layers
     assert runs[0]["diagnostics"] == runs[1]["diagnostics"]
+    assert len(runs[0]["gradient_rms_per_layer"]) == 2 and all(g > 0 for g in runs[0]["gradient_rms_per_layer"])
     png = (tmp_path / "diag" / "diagnostics.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 

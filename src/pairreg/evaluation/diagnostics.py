@@ -6,6 +6,10 @@
 * Scale-free energy: E(H) / mean_i ‖h_i‖², blind to a global rescaling (PairNorm rescales).
 * MAD (Chen et al., AAAI 2020): mean cosine distance 1 − cos(h_i, h_j) over ordered pairs i ≠ j,
   from Σ_{i≠j} û_i·û_j = ‖Σ_i û_i‖² − Σ_i ‖û_i‖² with û the unit vectors (zero rows stay zero).
+* Gradient per layer: how strongly each layer's parameters move the prediction, the root-mean-square over
+  molecules of ‖∂ŷ_m/∂θ_ℓ‖ (ŷ standardised). It tells vanishing gradients (a deep stack whose first layers
+  cannot learn) apart from oversmoothing (features that become alike), two failures that look the same in a
+  learning curve.
 
 Each function returns one value per molecule; average over molecules to report.
 """
@@ -78,3 +82,29 @@ def energy_ratio(diag: dict, key: str = "dirichlet_h") -> float:
     """Last-layer over first-layer energy (index 1 = after layer 1; index 0 is the embedding)."""
     values = diag[key]
     return values[-1] / values[1] if len(values) > 1 and values[1] > 0 else float("nan")
+
+
+def layer_gradient_rms(model, ds, batch_size: int = 96, seed: int = 0) -> list[float]:
+    """Per backbone layer ℓ (1..L): sqrt(mean over molecules m of ‖∂ŷ_m/∂θ_ℓ‖²), ŷ_m the standardised
+    prediction summed over targets (an energy model: the energy), θ_ℓ all parameters of layer ℓ.
+
+    One backward pass per batch, not per molecule: with random signs s_m = ±1, E‖Σ_m s_m g_m‖² = Σ_m ‖g_m‖²
+    (the cross terms average to zero), so the squared norm of the gradient of Σ_m s_m ŷ_m is an unbiased
+    estimate of the batch's sum of per-molecule squared norms (Hutchinson's trick). Model in eval mode.
+    """
+    model.eval()
+    device = model_device(model)
+    layers = list(model.backbone.layers)
+    generator = torch.Generator().manual_seed(seed)
+    sums, total = [0.0] * len(layers), 0
+    for b in ds.batches(batch_size):
+        b = b.to(device)
+        model.zero_grad(set_to_none=True)
+        y_std, _ = model(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)
+        signs = torch.randint(0, 2, (b.num_molecules,), generator=generator).to(y_std) * 2 - 1
+        (signs * y_std.sum(-1)).sum().backward()
+        for k, layer in enumerate(layers):
+            sums[k] += float(sum((p.grad.double() ** 2).sum() for p in layer.parameters() if p.grad is not None))
+        total += b.num_molecules
+    model.zero_grad(set_to_none=True)
+    return [(s / max(total, 1)) ** 0.5 for s in sums]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 def plot_layer_diagnostics(runs: list[dict], path: str | Path) -> Path:
-    """``runs``: dicts with ``label`` and ``diagnostics`` (as from ``diagnose_model``). Writes a PNG."""
+    """``runs``: dicts with ``label`` and ``diagnostics`` (as from ``diagnose_model``), and optionally
+    ``gradient_rms_per_layer`` (from ``layer_gradient_rms``: a fifth panel when every run has it). Writes a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -14,11 +15,16 @@ def plot_layer_diagnostics(runs: list[dict], path: str | Path) -> Path:
 
     panels = [("dirichlet_h", "Dirichlet energy E(h)"), ("dirichlet_h_scale_free", "E(h) / mean ‖h‖²"),
               ("mad_h", "MAD of h"), ("dirichlet_x_A2", "Dirichlet energy of x (Å²)")]
+    with_gradients = bool(runs) and all("gradient_rms_per_layer" in run for run in runs)
+    if with_gradients:
+        panels.append(("gradient_rms_per_layer", "RMS ‖∂ŷ/∂θ_layer‖ (standardised ŷ)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (key, title) in zip(axes, panels):
+        first = 1 if key == "gradient_rms_per_layer" else 0  # gradients exist for layers 1..L, not the embedding
         for run in runs:
-            values = run["diagnostics"][key]
-            ax.plot(range(len(values)), [max(v, 1e-12) for v in values], marker="o", ms=3, label=run["label"])
+            values = run[key] if key == "gradient_rms_per_layer" else run["diagnostics"][key]
+            ax.plot(range(first, first + len(values)), [max(v, 1e-12) for v in values], marker="o", ms=3,
+                    label=run["label"])
         ax.set_yscale("log")
         ax.set_xlabel("layer (0 = embedding)")
         ax.set_title(title, fontsize=10)
