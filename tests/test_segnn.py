@@ -12,7 +12,7 @@ from e3nn import o3
 from pairreg.config import Config, ConfigError, count_parameters, validate
 from pairreg.data.molecules import make_batch
 from pairreg.models import MoleculeModel
-from pairreg.models.backbones.segnn import SEGNNLayer, SteerableGate, hidden_irreps
+from pairreg.models.backbones.segnn import SEGNNLayer, SteerableGate, SteerableInstanceNorm, hidden_irreps
 from pairreg.models.mitigations import GraphContext, build_mitigation
 from pairreg.models.state import LayerState
 from pairreg.testing.equivariance import (assert_batch_independent, assert_equivariant, equivariance_errors,
@@ -31,6 +31,8 @@ VARIANTS = {
     "g2": ("g2", {}),
     "g2-mean": ("g2", {"g2_aggregation": "mean", "g2_p": 1.5}),
     "none-cutoff": ("none", {}, {"cutoff_A": 4.0}),  # below the test molecules' largest distances
+    "none-rbf": ("none", {}, {"n_rbf": 6, "rbf_max_A": 5.0}),  # Gaussians beside ‖r‖² in the messages
+    "pairreg-bessel": ("pairreg", {}, {"n_rbf": 6, "rbf": "bessel", "cutoff_A": 4.0}),
 }
 
 
@@ -120,7 +122,7 @@ def test_battery_catches_broken_steerable_features():
         assert_equivariant(model)
 
 
-@pytest.mark.parametrize("variant", ["none", "pairreg", "g2"])
+@pytest.mark.parametrize("variant", ["none", "pairreg", "g2", "none-rbf", "pairreg-bessel"])
 def test_forces_are_equivariant(variant):
     """F(P(x Qᵀ + t)) = P(F(x) Qᵀ), reflections included, in float64."""
     model = make_segnn(variant, 3, l_max=2, n_targets=1).double().eval()
@@ -164,7 +166,7 @@ def test_attributes_by_hand():
     model = make_segnn("none", 1, l_max=2).double()
     x = torch.tensor([[0.0, 0.0, 0.0], [0.6, -0.8, 1.2]], dtype=torch.float64)
     edge_index = torch.tensor([[0, 1], [1, 0]])
-    geo = model.backbone.geometry(x, edge_index, torch.ones(2, 1, dtype=torch.float64))
+    geo = model.backbone.geometry(x, edge_index, torch.ones(2, 1, dtype=torch.float64), torch.zeros(2, dtype=torch.long), 1)
     bond = x[1] - x[0]
     unit = bond / bond.norm()
     a0 = geo.node_attr[0]
@@ -176,7 +178,8 @@ def test_attributes_by_hand():
     # three atoms, complete graph, C = 1/(N − 1): a_0 = ½ (Y(r_01) + Y(r_02))
     x3 = torch.cat([x, torch.tensor([[-1.0, 0.3, 0.2]], dtype=torch.float64)])
     e3 = torch.tensor([[0, 0, 1, 1, 2, 2], [1, 2, 0, 2, 0, 1]])
-    geo3 = model.backbone.geometry(x3, e3, torch.full((3, 1), 0.5, dtype=torch.float64))
+    geo3 = model.backbone.geometry(x3, e3, torch.full((3, 1), 0.5, dtype=torch.float64),
+                                   torch.zeros(3, dtype=torch.long), 1)
     sh = [o3.spherical_harmonics(model.backbone.attr_irreps, x3[k] - x3[0], True, normalization="component")
           for k in (1, 2)]
     assert torch.allclose(geo3.node_attr[0], 0.5 * (sh[0] + sh[1]), atol=1e-14)
@@ -262,8 +265,7 @@ def test_config_l_max_and_backbone_keys():
         validate(Config(**base, backbone="segnn", l_max=0))
     with pytest.raises(ConfigError, match="l_max=2: only backbone=segnn"):
         validate(Config(**base, l_max=2))
-    with pytest.raises(ConfigError, match="n_rbf=8: backbone=segnn reads no radial basis"):
-        validate(Config(**base, backbone="segnn", n_rbf=8))
+    assert validate(Config(**base, backbone="segnn", n_rbf=8)).n_rbf == 8  # a radial basis in the messages
     with pytest.raises(ConfigError, match="mitigation='residual'.*segnn"):
         validate(Config(**base, backbone="segnn", mitigation="residual"))
     with pytest.raises(ConfigError, match="mitigation='noisynodes'.*segnn"):
@@ -290,10 +292,10 @@ def test_train_and_predict_a_segnn_model_from_the_cli(tmp_path, capsys):
     assert type(model.backbone).__name__ == "SEGNNBackbone" and model.backbone.irreps == hidden_irreps(4, 2)
 
 
-def test_messages_are_averaged_so_features_do_not_grow_with_molecule_size_or_depth():
-    """M_i is the mean of the messages (C = 1/(N − 1)), SEGNN's instance norm being absent: with a sum, a
-    QM9-sized molecule (~18 atoms, complete graph) multiplied the features ~5x per layer at initialisation
-    (the 4 x 64 model's readout started hundreds of standard deviations from the targets and training diverged)."""
+def test_features_do_not_grow_with_molecule_size_or_depth():
+    """Messages are summed and each layer ends in the instance norm (the paper's QM9 models): without it, a sum
+    over a QM9-sized molecule's ~17 neighbours (complete graph) multiplied the features ~5x per layer at
+    initialisation (the 4 x 64 model's readout started hundreds of standard deviations off; training diverged)."""
     rng = np.random.default_rng(3)
     model = make_segnn("none", 9, hidden=16).double()
     rms = {}
@@ -304,7 +306,40 @@ def test_messages_are_averaged_so_features_do_not_grow_with_molecule_size_or_dep
             _, record = model(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)
         rms[n] = [float(h.pow(2).mean().sqrt()) for h in record.h]
     for n, per_layer in rms.items():
-        # a residual layer with a unit-gain update may double the variance (x √2 in rms per layer); a sum over
-        # N − 1 neighbours multiplied it by ~N
         assert (per_layer[-1] / per_layer[0]) ** (1 / 9) < 2, (n, per_layer)
     assert rms[28][-1] < 3 * rms[5][-1], rms  # and not a factor N − 1 per layer
+
+
+def test_instance_norm_by_hand():
+    """Scalars: centred and divided by their RMS over the molecule's atoms; an l=1 channel: divided by the RMS over
+    the atoms of ‖f‖/√3; each molecule on its own; a rotation of the l=1 part commutes with it."""
+    norm = SteerableInstanceNorm(o3.Irreps("1x0e+1x1o"), eps=0.0).double()
+    # molecule 0: atoms 0, 1; molecule 1: atoms 2, 3, 4
+    full = torch.tensor([[1.0, 3.0, 0.0, 4.0], [3.0, 0.0, 0.0, 0.0],
+                         [0.0, 1.0, 2.0, 2.0], [3.0, 0.0, 0.0, 3.0], [6.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    out = norm(full, batch, 2)
+    # molecule 0 scalars 1, 3: mean 2, deviations −1, 1, RMS 1; molecule 1 scalars 0, 3, 6: deviations −3, 0, 3, RMS √6
+    assert torch.allclose(out[:, 0], torch.tensor([-1.0, 1.0, -3 / 6 ** 0.5, 0.0, 3 / 6 ** 0.5], dtype=torch.float64))
+    # molecule 0 vectors: ‖f‖² = 25, 0 → mean of ‖f‖²/3 = 25/6; molecule 1: 9, 9, 0 → 2
+    expect = torch.cat([full[:2, 1:] / (25 / 6) ** 0.5, full[2:, 1:] / 2 ** 0.5])
+    assert torch.allclose(out[:, 1:], expect)
+    rotation = o3.rand_matrix(dtype=torch.float64)
+    d1 = o3.Irreps("1x1o").D_from_matrix(rotation)
+    rotated = torch.cat([full[:, :1], full[:, 1:] @ d1.T], dim=-1)
+    assert torch.allclose(norm(rotated, batch, 2)[:, 1:], out[:, 1:] @ d1.T, atol=1e-12)
+
+
+def test_radial_basis_reaches_the_messages():
+    """With n_rbf > 0 the first message product reads ‖r‖² and the basis: its input has n_rbf more scalars, and
+    changing the basis (Gaussians of another width) changes the energy of the same molecule."""
+    plain, with_rbf = make_segnn("none", 2), make_segnn("none-rbf", 2)
+    extra = with_rbf.backbone.layers[0].message1.irreps_in1[0].mul - plain.backbone.layers[0].message1.irreps_in1[0].mul
+    assert extra == 6
+    zs, ps = random_molecules([5], np.random.default_rng(4))
+    b = make_batch(zs, ps)
+    with torch.no_grad():
+        before = with_rbf(b.z, b.pos, b.batch, b.edge_index, 1)[0]
+        with_rbf.backbone.basis.width *= 2
+        after = with_rbf(b.z, b.pos, b.batch, b.edge_index, 1)[0]
+    assert float((before - after).abs().max()) > 1e-6

@@ -462,9 +462,6 @@ def validate(cfg: Config) -> Config:
 
         if not 1 <= cfg.l_max <= MAX_L:
             raise ConfigError(f"l_max must be 1 … {MAX_L} for backbone=segnn, got {cfg.l_max}")
-        if cfg.n_rbf:
-            raise ConfigError(f"n_rbf={cfg.n_rbf}: backbone=segnn reads no radial basis (its messages take the "
-                              "squared distance and the spherical harmonics of the bond); set n_rbf=0")
     elif cfg.l_max != 1:
         raise ConfigError(f"l_max={cfg.l_max}: only backbone=segnn has steerable features of degree l > 1 "
                           f"(backbone={cfg.backbone}); leave l_max at 1")

@@ -210,11 +210,6 @@ PUBLISHED_QM9_HOMO = {
 }
 
 
-def backbone_overrides(backbone: str) -> tuple[str, ...]:
-    """``--set`` overrides that give ``backbone`` its study settings (models/backbones STUDY_SETTINGS)."""
-    return (f"backbone={backbone}", *(f"{k}={v}" for k, v in STUDY_SETTINGS.get(backbone, {}).items()))
-
-
 def _backbone_rows(study: Study, seeds: int | None, egnn_layers: int) -> Study:
     """Rows ``<backbone> none`` and ``<backbone> pairreg`` for every backbone at its study settings, 2 seeds."""
     for backbone in BACKBONES:

@@ -73,7 +73,8 @@ class MoleculeModel(nn.Module):
             which needs ``cutoff_A`` and ``n_rbf`` and reads neither ``node_attr`` nor ``coord_act``) or
             ``"clofnet"`` (models/backbones/clofnet.py: moves coordinates like EGNN and takes the same options
             but ``node_attr``; SE(3)-, not reflection-equivariant), or ``"segnn"`` (models/backbones/segnn.py:
-            steerable features up to ``l_max``; reads none of ``node_attr``, ``coord_act``, ``n_rbf``).
+            steerable features up to ``l_max``; reads neither ``node_attr`` nor ``coord_act``; ``n_rbf`` > 0
+            adds a radial basis to its messages, beyond the paper).
         mitigation: registered name, ``"pairreg"`` (default), ``"none"``, ``"residual"``.
         mitigation_options: keyword options of the mitigation (e.g. ``{"reg_weight": 1.0}``).
         node_attr: concatenate the input atom features into φ_h of every layer (EGNN's QM9 model; default True).
@@ -128,7 +129,8 @@ class MoleculeModel(nn.Module):
         elif backbone == "segnn":
             from .backbones.segnn import SEGNNBackbone  # e3nn takes about as long to import as torch: only when used
 
-            self.backbone = SEGNNBackbone(n_layers, hidden, mit, l_max=l_max)
+            self.backbone = SEGNNBackbone(n_layers, hidden, mit, l_max=l_max, n_rbf=n_rbf, rbf=rbf,
+                                         rbf_max_A=rbf_max_A, cutoff_A=cutoff_A)
         elif backbone == "clofnet":
             self.backbone = ClofNetBackbone(n_layers, hidden, mit, coord_act, n_rbf=n_rbf, rbf_max_A=rbf_max_A,
                                             rbf=rbf, cutoff_A=cutoff_A)

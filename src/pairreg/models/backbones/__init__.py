@@ -16,5 +16,5 @@ STUDY_SETTINGS = {
     "egnn": {},
     "painn": {"n_layers": 3, "hidden": 128, "cutoff_A": 5.0, "n_rbf": 20, "rbf": "bessel"},  # Schütt et al. 2021
     "clofnet": {},
-    "segnn": {"n_layers": 4, "hidden": 64, "l_max": 1, "n_rbf": 0},
+    "segnn": {"n_layers": 4, "hidden": 64, "l_max": 1},  # the preset's radial basis, as EGNN and ClofNet
 }

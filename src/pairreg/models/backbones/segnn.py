@@ -22,9 +22,20 @@ gate scalar per l>0 channel c: an invariant factor, so σ_g commutes with rotati
 One layer (the paper's message and update functions, each a two-layer steerable MLP)::
 
     embedding:  f_i ← W^emb_{a_i}(h_i)                                  h_i: the model's atom embedding, H scalars
-    message:    m_ij = σ_g(W^m2_{a_ij}(σ_g(W^m1_{a_ij}(f_i ‖ f_j ‖ ‖r_ij‖²))))
-    aggregate:  M_i  = C Σ_{j≠i} w_ij m_ij,   C = 1/(N − 1)
+    message:    m_ij = σ_g(W^m2_{a_ij}(σ_g(W^m1_{a_ij}(f_i ‖ f_j ‖ ‖r_ij‖² [‖ rbf(‖r_ij‖)]))))
+    aggregate:  M_i  = Σ_{j≠i} w_ij m_ij
     update:     f_i ← f_i + W^u2_{a_i}(σ_g(W^u1_{a_i}(f_i ‖ M_i)))       (no σ_g after the last layer of φ_f)
+    normalise:  f_i ← InstanceNorm(f_i) over the atoms of i's molecule    (the paper's QM9 models: ``--norm=instance``)
+
+rbf is an optional radial basis (``n_rbf`` > 0; Gaussians or Bessel functions, models/radial.py), extra invariant
+scalars of the message input as in EGNN's φ_e here. The paper has none (its messages see the squared distance
+only); force fields need a finer view of bond lengths than one scalar gives (docs/results.md: SEGNN on rMD17).
+
+The instance norm (:class:`SteerableInstanceNorm`) centres each scalar channel over the molecule's atoms and
+divides it by its root mean square there; each l>0 channel c is divided by the root mean square over the atoms
+of its norm ‖f_ic‖/√(2l+1), which is invariant, so the norm commutes with rotations and reflections; then a learned
+scale per channel (and a bias per scalar channel). It is what keeps a sum over a complete graph's ~17 neighbours
+(QM9) from multiplying the features layer after layer.
 
 The graph is the complete graph of each molecule (default, w_ij = 1), or with ``cutoff_A`` the model's
 radius graph, w_ij = u(d⁰_ij) its smooth envelope (models/radial.py), so that a pair crossing the cutoff
@@ -37,13 +48,16 @@ Differences from the paper, each a consequence of the rest of `pairreg` or a sta
     ``residual=add`` are refused: they would add it twice). ``LayerState.h`` is the scalar part h_i, the
     l>0 part travels as ``LayerState.f`` (models/mitigations/base.py says what each mitigation does to it).
   * The readout is the model's (models/model.py: an MLP on the last layer's scalars, summed over atoms),
-    not SEGNN's steerable pre-pooling layers; there is no instance or batch normalisation.
+    not SEGNN's steerable pre-pooling layers.
   * σ_g is SiLU / sigmoid without e3nn's ``nn.Gate`` rescaling of each activation to unit second moment:
     a constant per activation that the weights absorb, and whose estimate (10⁶ random samples) would keep
     the model from being built on the ``meta`` device, where the config's size check counts parameters.
-  * M_i is the mean of the messages (C), not their sum: with no instance norm, a sum over the ~17 neighbours
-    of a QM9 molecule multiplied the features ~5x per layer at initialisation (a 4 x 64 model's readout started
-    hundreds of standard deviations off and its training diverged, 2026-11-28).
+  * The graph is complete by default (the paper's QM9 models use a 2 Å radius graph; ``cutoff_A=2`` gives it).
+    Two aggregations were tried before the instance norm: the bare sum multiplied the features ~5x per layer
+    on QM9 (the readout started hundreds of standard deviations off and training diverged), and the mean
+    (C = 1/(N − 1)) left the energy's dependence on positions ~36x weaker at initialisation than the sum
+    (standardised force RMS 0.003 on ethanol), so that 10 minutes of training barely left the zero-force floor
+    (2026-11-28; docs/results.md).
   * a_i uses C = 1/(N − 1) of the molecule rather than 1/degree: the mean on the complete graph, and with a
     cutoff it does not jump as a pair enters or leaves (as EGNN's C here).
   * The multiplicity rule m_l above is ours; SEGNN's own rule balances all degrees including the scalars
@@ -62,6 +76,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from ..radial import build_basis
 from ..state import LayerRecord, LayerState
 
 MAX_L = 3
@@ -152,28 +167,76 @@ class SteerableGate(nn.Module):
                          dim=-1)
 
 
+class SteerableInstanceNorm(nn.Module):
+    """Equivariant instance norm over each molecule's atoms (module docstring), with learned affine terms.
+
+    Args:
+        irreps: the features' irreps, scalars first (``hidden_irreps``).
+        eps: added to the mean squares, so that a one-atom molecule (all scalars centred to 0) stays finite.
+    """
+
+    def __init__(self, irreps: o3.Irreps, eps: float = 1e-5):
+        super().__init__()
+        self.n_scalars = irreps[0].mul
+        self.eps = eps
+        # for every component after the scalars: its channel (0 … n_channels − 1) and 1/(2l+1)
+        channel, inv_dim = [], []
+        for mul, ir in irreps[1:]:
+            for _ in range(mul):
+                channel += [len(set(channel))] * ir.dim
+                inv_dim += [1.0 / ir.dim] * ir.dim
+        self.n_channels = len(set(channel))
+        self.register_buffer("channel", torch.tensor(channel, dtype=torch.long), persistent=False)
+        self.register_buffer("inv_dim", torch.tensor(inv_dim), persistent=False)
+        self.scalar_scale = nn.Parameter(torch.ones(self.n_scalars))
+        self.scalar_bias = nn.Parameter(torch.zeros(self.n_scalars))
+        self.channel_scale = nn.Parameter(torch.ones(self.n_channels))
+
+    def forward(self, full: torch.Tensor, batch: torch.Tensor, n_molecules: int) -> torch.Tensor:
+        """(n_atoms, dim) → (n_atoms, dim), statistics per molecule (``batch``: each atom's molecule)."""
+        counts = torch.bincount(batch, minlength=n_molecules).clamp(min=1).to(full.dtype).unsqueeze(-1)  # (n_mols, 1)
+
+        def molecule_mean(values):  # (n_atoms, k) → (n_atoms, k), the mean over each atom's molecule
+            sums = torch.zeros(n_molecules, values.shape[1], dtype=values.dtype, device=values.device)
+            return (sums.index_add_(0, batch, values) / counts).index_select(0, batch)
+
+        s, v = full[:, :self.n_scalars], full[:, self.n_scalars:]
+        s = s - molecule_mean(s)
+        s = s * torch.rsqrt(molecule_mean(s * s) + self.eps) * self.scalar_scale + self.scalar_bias
+        if v.shape[1] == 0:
+            return s
+        sq = torch.zeros(len(v), self.n_channels, dtype=v.dtype, device=v.device)
+        sq = sq.index_add_(1, self.channel, v * v * self.inv_dim.to(v.dtype))  # (n_atoms, channels) ‖f_c‖²/(2l+1)
+        factor = torch.rsqrt(molecule_mean(sq) + self.eps) * self.channel_scale  # (n_atoms, channels), invariant
+        return torch.cat([s, v * factor.index_select(1, self.channel)], dim=-1)
+
+
 @dataclass
 class SEGNNGeometry:
     """Per-edge and per-atom attributes of the (fixed) input positions, computed once per forward pass."""
 
     receiver: torch.Tensor  # (n_edges,) i
     sender: torch.Tensor  # (n_edges,) j
-    d2: torch.Tensor  # (n_edges, 1) ‖x_j − x_i‖², Å²
+    d2: torch.Tensor  # (n_edges, 1) ‖x_j − x_i‖², Å²; with a radial basis, followed by rbf(‖x_j − x_i‖)
     edge_attr: torch.Tensor  # (n_edges, (L+1)²) a_ij = Y(r_ij / ‖r_ij‖)
     node_attr: torch.Tensor  # (n_atoms, (L+1)²) a_i = C Σ_j w_ij a_ij
     weight: torch.Tensor | None  # (n_edges, 1) w_ij, the cutoff envelope; None: complete graph (w = 1)
     inv_deg: torch.Tensor  # (n_atoms, 1) C = 1/(N − 1) of each atom's molecule
+    batch: torch.Tensor  # (n_atoms,) each atom's molecule, for the instance norm
+    n_molecules: int
 
 
 class SEGNNLayer(nn.Module):
-    """One SEGNN layer: steerable message MLP, sum, steerable update MLP with its residual (module docstring).
+    """One SEGNN layer: steerable message MLP, sum, steerable update MLP with its residual, instance norm
+    (module docstring).
 
     Args:
         hidden: H, the scalar channels (l>0 channels follow the module's multiplicity rule).
         l_max: highest degree L of the features and of the spherical harmonics (1 … 3).
+        n_rbf: radial basis functions beside ‖r_ij‖² in the message input (0: the paper's message).
     """
 
-    def __init__(self, hidden: int, l_max: int):
+    def __init__(self, hidden: int, l_max: int, n_rbf: int = 0):
         super().__init__()
         _warm_clebsch_gordan(l_max)
         self.hidden = hidden
@@ -182,17 +245,18 @@ class SEGNNLayer(nn.Module):
         gated = self.irreps[1:]  # the l>0 part
         self.gate = SteerableGate(hidden, gated)
         pre = self.gate.irreps_in
-        self.message1 = ExactTensorProduct(stacked(self.irreps, 2, extra_scalars=1), attr, pre)
+        self.message1 = ExactTensorProduct(stacked(self.irreps, 2, extra_scalars=1 + n_rbf), attr, pre)
         self.message2 = ExactTensorProduct(self.irreps, attr, pre)
         self.update1 = ExactTensorProduct(stacked(self.irreps, 2), attr, pre)
         self.update2 = ExactTensorProduct(self.irreps, attr, self.irreps)
+        self.norm = SteerableInstanceNorm(self.irreps)
 
     def forward(self, h: torch.Tensor, f: torch.Tensor, edges: SEGNNGeometry):
         """
         Args:
             h: (n_atoms, H) scalars; f: (n_atoms, dim − H) l>0 features (e3nn layout); edges: the geometry.
         Returns:
-            h̃ (n_atoms, H), f̃ (n_atoms, dim − H): the layer's output, its residual included.
+            h̃ (n_atoms, H), f̃ (n_atoms, dim − H): the layer's output, its residual and instance norm included.
         """
         full = torch.cat([h, f], dim=-1)  # (n_atoms, dim)
         i, j = edges.receiver, edges.sender
@@ -201,9 +265,9 @@ class SEGNNLayer(nn.Module):
         m = self.gate(self.message2(m, edges.edge_attr))  # (n_edges, dim)
         if edges.weight is not None:
             m = m * edges.weight  # switched off smoothly at the cutoff
-        agg = torch.zeros_like(full).index_add_(0, i, m) * edges.inv_deg  # (n_atoms, dim) the mean, not the sum
+        agg = torch.zeros_like(full).index_add_(0, i, m)  # (n_atoms, dim) the sum over neighbours
         u = self.gate(self.update1(join([full, agg], self.irreps), edges.node_attr))
-        full = full + self.update2(u, edges.node_attr)
+        full = self.norm(full + self.update2(u, edges.node_attr), edges.batch, edges.n_molecules)
         return full[:, :self.hidden], full[:, self.hidden:]
 
     def gate_scalars(self, state: LayerState, graph) -> torch.Tensor:
@@ -220,34 +284,40 @@ class SEGNNBackbone(nn.Module):
         hidden: H scalar channels (module docstring for the l>0 channels).
         mitigation: built for ``backbone="segnn"`` (models/mitigations).
         l_max: highest degree L of features and attributes (default 1; paper: 1 or 2 on QM9).
+        n_rbf, rbf, rbf_max_A, cutoff_A: optional radial basis in the message input (module docstring;
+            models/radial.py) [0: off, "gaussian", 10 Å, None]; the radius cutoff itself is the model's.
     """
 
-    def __init__(self, n_layers: int, hidden: int, mitigation, l_max: int = 1):
+    def __init__(self, n_layers: int, hidden: int, mitigation, l_max: int = 1, n_rbf: int = 0,
+                 rbf: str = "gaussian", rbf_max_A: float = 10.0, cutoff_A: float | None = None):
         super().__init__()
         _warm_clebsch_gordan(l_max)
         self.hidden = hidden
         self.l_max = l_max
+        self.basis = build_basis(rbf, n_rbf, rbf_max_A, cutoff_A) if n_rbf else None
         self.irreps = hidden_irreps(hidden, l_max)
         self.attr_irreps = o3.Irreps.spherical_harmonics(l_max)
         self.mitigation = mitigation
         self.embedding = ExactTensorProduct(o3.Irreps(f"{hidden}x0e"), self.attr_irreps, self.irreps)
-        self.layers = nn.ModuleList(SEGNNLayer(hidden, l_max) for _ in range(n_layers))
-        mitigation.attach_layers(lambda: SEGNNLayer(hidden, l_max))  # G2's gate layers
+        self.layers = nn.ModuleList(SEGNNLayer(hidden, l_max, n_rbf) for _ in range(n_layers))
+        mitigation.attach_layers(lambda: SEGNNLayer(hidden, l_max, n_rbf))  # G2's gate layers
 
     @property
     def f_irreps(self) -> o3.Irreps:
         """Irreps of ``LayerState.f``, the l>0 part."""
         return self.irreps[1:]
 
-    def geometry(self, x, edge_index, inv_deg, edge_weight=None) -> SEGNNGeometry:
+    def geometry(self, x, edge_index, inv_deg, batch, n_molecules: int, edge_weight=None) -> SEGNNGeometry:
         i, j = edge_index[0], edge_index[1]
         r = x.index_select(0, j) - x.index_select(0, i)  # (n_edges, 3) Å, r_ij = x_j − x_i
         d2 = (r * r).sum(-1, keepdim=True)  # (n_edges, 1) Å²
-        unit = r / d2.clamp_min(1e-12).sqrt()  # > 0 off the diagonal; the clamp keeps gradients finite
+        dist = d2.clamp_min(1e-12).sqrt()  # (n_edges, 1) Å, > 0 off the diagonal; the clamp keeps gradients finite
+        unit = r / dist
         edge_attr = o3.spherical_harmonics(self.attr_irreps, unit, normalize=False, normalization="component")
         weighted = edge_attr if edge_weight is None else edge_attr * edge_weight
         node_attr = torch.zeros(len(x), edge_attr.shape[1], dtype=x.dtype, device=x.device).index_add_(0, i, weighted)
-        return SEGNNGeometry(i, j, d2, edge_attr, node_attr * inv_deg, edge_weight, inv_deg)
+        scalars = d2 if self.basis is None else torch.cat([d2, self.basis(dist)], dim=-1)
+        return SEGNNGeometry(i, j, scalars, edge_attr, node_attr * inv_deg, edge_weight, inv_deg, batch, n_molecules)
 
     def forward(self, h, x, edge_index, inv_deg, graph, node_attr=None):
         """The model's backbone interface (``node_attr``, EGNN's atom features, is unused here).
@@ -258,7 +328,7 @@ class SEGNNBackbone(nn.Module):
         record = LayerRecord(x_input=x)
         record.f_irreps = self.f_irreps
         h, x = self.mitigation.begin(h, x, graph)
-        graph.edges = self.geometry(x, edge_index, inv_deg, graph.edge_weight)
+        graph.edges = self.geometry(x, edge_index, inv_deg, graph.batch, graph.n_molecules, graph.edge_weight)
         full = self.embedding(h, graph.edges.node_attr)  # (n_atoms, dim)
         state = LayerState(full[:, :self.hidden], x, f=full[:, self.hidden:])
         record.append(state.h, state.x, f=state.f)
