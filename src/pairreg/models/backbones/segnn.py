@@ -35,7 +35,8 @@ The instance norm (:class:`SteerableInstanceNorm`) centres each scalar channel o
 divides it by its root mean square there; each l>0 channel c is divided by the root mean square over the atoms
 of its norm ‖f_ic‖/√(2l+1), which is invariant, so the norm commutes with rotations and reflections; then a learned
 scale per channel (and a bias per scalar channel). It is what keeps a sum over a complete graph's ~17 neighbours
-(QM9) from multiplying the features layer after layer.
+(QM9) from multiplying the features layer after layer. Its statistics run over the whole molecule, so even with
+``cutoff_A`` an atom's features depend (smoothly) on atoms beyond the cutoff, as in the paper's model.
 
 The graph is the complete graph of each molecule (default, w_ij = 1), or with ``cutoff_A`` the model's
 radius graph, w_ij = u(d⁰_ij) its smooth envelope (models/radial.py), so that a pair crossing the cutoff
@@ -180,11 +181,12 @@ class SteerableInstanceNorm(nn.Module):
         self.eps = eps
         # for every component after the scalars: its channel (0 … n_channels − 1) and 1/(2l+1)
         channel, inv_dim = [], []
+        self.n_channels = 0
         for mul, ir in irreps[1:]:
             for _ in range(mul):
-                channel += [len(set(channel))] * ir.dim
+                channel += [self.n_channels] * ir.dim
                 inv_dim += [1.0 / ir.dim] * ir.dim
-        self.n_channels = len(set(channel))
+                self.n_channels += 1
         self.register_buffer("channel", torch.tensor(channel, dtype=torch.long), persistent=False)
         self.register_buffer("inv_dim", torch.tensor(inv_dim), persistent=False)
         self.scalar_scale = nn.Parameter(torch.ones(self.n_scalars))
