@@ -174,7 +174,7 @@ def test_attributes_by_hand():
     assert torch.allclose(a0[1:4], math.sqrt(3) * unit, atol=1e-14)
     assert float(a0[4:9].norm()) == pytest.approx(math.sqrt(5), abs=1e-13)
     assert torch.allclose(geo.node_attr[1][1:4], -a0[1:4]) and torch.allclose(geo.node_attr[1][4:9], a0[4:9])
-    assert torch.allclose(geo.d2, torch.full((2, 1), float(bond @ bond), dtype=torch.float64))
+    assert torch.allclose(geo.edge_scalars, torch.full((2, 1), float(bond @ bond), dtype=torch.float64))
     # three atoms, complete graph, C = 1/(N − 1): a_0 = ½ (Y(r_01) + Y(r_02))
     x3 = torch.cat([x, torch.tensor([[-1.0, 0.3, 0.2]], dtype=torch.float64)])
     e3 = torch.tensor([[0, 0, 1, 1, 2, 2], [1, 2, 0, 2, 0, 1]])

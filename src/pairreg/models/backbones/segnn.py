@@ -75,6 +75,7 @@ from dataclasses import dataclass
 import torch
 from e3nn import o3
 from torch import nn
+from torch_geometric.utils import scatter
 
 from ..radial import build_basis
 from ..state import LayerRecord, LayerState
@@ -195,11 +196,8 @@ class SteerableInstanceNorm(nn.Module):
 
     def forward(self, full: torch.Tensor, batch: torch.Tensor, n_molecules: int) -> torch.Tensor:
         """(n_atoms, dim) → (n_atoms, dim), statistics per molecule (``batch``: each atom's molecule)."""
-        counts = torch.bincount(batch, minlength=n_molecules).clamp(min=1).to(full.dtype).unsqueeze(-1)  # (n_mols, 1)
-
         def molecule_mean(values):  # (n_atoms, k) → (n_atoms, k), the mean over each atom's molecule
-            sums = torch.zeros(n_molecules, values.shape[1], dtype=values.dtype, device=values.device)
-            return (sums.index_add_(0, batch, values) / counts).index_select(0, batch)
+            return scatter(values, batch, 0, dim_size=n_molecules, reduce="mean").index_select(0, batch)
 
         s, v = full[:, :self.n_scalars], full[:, self.n_scalars:]
         s = s - molecule_mean(s)
@@ -218,11 +216,10 @@ class SEGNNGeometry:
 
     receiver: torch.Tensor  # (n_edges,) i
     sender: torch.Tensor  # (n_edges,) j
-    d2: torch.Tensor  # (n_edges, 1) ‖x_j − x_i‖², Å²; with a radial basis, followed by rbf(‖x_j − x_i‖)
+    edge_scalars: torch.Tensor  # (n_edges, 1 + n_rbf) ‖x_j − x_i‖² (Å²), then rbf(‖x_j − x_i‖) if there is a basis
     edge_attr: torch.Tensor  # (n_edges, (L+1)²) a_ij = Y(r_ij / ‖r_ij‖)
     node_attr: torch.Tensor  # (n_atoms, (L+1)²) a_i = C Σ_j w_ij a_ij
     weight: torch.Tensor | None  # (n_edges, 1) w_ij, the cutoff envelope; None: complete graph (w = 1)
-    inv_deg: torch.Tensor  # (n_atoms, 1) C = 1/(N − 1) of each atom's molecule
     batch: torch.Tensor  # (n_atoms,) each atom's molecule, for the instance norm
     n_molecules: int
 
@@ -261,7 +258,7 @@ class SEGNNLayer(nn.Module):
         """
         full = torch.cat([h, f], dim=-1)  # (n_atoms, dim)
         i, j = edges.receiver, edges.sender
-        pair = join([full.index_select(0, i), full.index_select(0, j)], self.irreps, edges.d2)  # (n_edges, 2 dim + 1)
+        pair = join([full.index_select(0, i), full.index_select(0, j)], self.irreps, edges.edge_scalars)  # (n_edges, 2 dim + 1 + n_rbf)
         m = self.gate(self.message1(pair, edges.edge_attr))
         m = self.gate(self.message2(m, edges.edge_attr))  # (n_edges, dim)
         if edges.weight is not None:
@@ -318,7 +315,7 @@ class SEGNNBackbone(nn.Module):
         weighted = edge_attr if edge_weight is None else edge_attr * edge_weight
         node_attr = torch.zeros(len(x), edge_attr.shape[1], dtype=x.dtype, device=x.device).index_add_(0, i, weighted)
         scalars = d2 if self.basis is None else torch.cat([d2, self.basis(dist)], dim=-1)
-        return SEGNNGeometry(i, j, scalars, edge_attr, node_attr * inv_deg, edge_weight, inv_deg, batch, n_molecules)
+        return SEGNNGeometry(i, j, scalars, edge_attr, node_attr * inv_deg, edge_weight, batch, n_molecules)
 
     def forward(self, h, x, edge_index, inv_deg, graph, node_attr=None):
         """The model's backbone interface (``node_attr``, EGNN's atom features, is unused here).
