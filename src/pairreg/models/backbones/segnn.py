@@ -216,7 +216,7 @@ class SEGNNGeometry:
 
     receiver: torch.Tensor  # (n_edges,) i
     sender: torch.Tensor  # (n_edges,) j
-    edge_scalars: torch.Tensor  # (n_edges, 1 + n_rbf) ‖x_j − x_i‖² (Å²), then rbf(‖x_j − x_i‖) if there is a basis
+    edge_scalars: torch.Tensor  # (n_edges, 1 + n_rbf) ‖x_j − x_i‖² (Å²), then rbf(‖x_j − x_i‖) if any
     edge_attr: torch.Tensor  # (n_edges, (L+1)²) a_ij = Y(r_ij / ‖r_ij‖)
     node_attr: torch.Tensor  # (n_atoms, (L+1)²) a_i = C Σ_j w_ij a_ij
     weight: torch.Tensor | None  # (n_edges, 1) w_ij, the cutoff envelope; None: complete graph (w = 1)
@@ -258,7 +258,8 @@ class SEGNNLayer(nn.Module):
         """
         full = torch.cat([h, f], dim=-1)  # (n_atoms, dim)
         i, j = edges.receiver, edges.sender
-        pair = join([full.index_select(0, i), full.index_select(0, j)], self.irreps, edges.edge_scalars)  # (n_edges, 2 dim + 1 + n_rbf)
+        # (n_edges, 2 dim + 1 + n_rbf)
+        pair = join([full.index_select(0, i), full.index_select(0, j)], self.irreps, edges.edge_scalars)
         m = self.gate(self.message1(pair, edges.edge_attr))
         m = self.gate(self.message2(m, edges.edge_attr))  # (n_edges, dim)
         if edges.weight is not None:
