@@ -312,6 +312,20 @@ def test_only_keeps_the_named_rows(tmp_path, capsys):
     assert build_study("depth", "cpu").resolve(["plain-EGCL-stack-none", "EGNN (residual)"]) == ["none", "residual"]
 
 
+def test_cells_keeps_the_named_cells(tmp_path, capsys):
+    """--cells picks cells by key (budget-check's 3 B column, split across cores), after --only."""
+    args = ["bench", "budget-check", "--preset", "budget", "--molecule", "ethanol", "--list", "--out", str(tmp_path),
+            "--set", "time_budget_min=30", "--cells", "pairreg-90min-s0", "none-90min-s0"]
+    assert main(args) == 0
+    listed = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == ["none-90min-s0", "pairreg-90min-s0"]  # grid order, not the order asked
+    study = build_study("budget-check", "budget", budget_min=30).keep_cells(["residual-30min-s0"])
+    assert [(c.group, c.x) for c in study.cells] == [("residual", 30.0)]
+    with pytest.raises(ValueError, match=r"--cells none-90min-s0: no such cell in study budget-check; "
+                                         r"cells: pairreg-30min-s0, pairreg-90min-s0"):
+        build_study("budget-check", "budget", budget_min=30).only(["pairreg"]).keep_cells(["none-90min-s0"])
+
+
 @pytest.mark.parametrize("name", ["depth", "ablation", "qm9-table"])
 @pytest.mark.parametrize("preset", ["cpu", "paper", "budget"])
 def test_only_egnn_residual_form_is_labelled_egnn(name, preset, tmp_path):
@@ -436,3 +450,27 @@ def test_metric_names_parse_back_to_target_and_unit():
     for split, target, unit in [("val", "forces", "meV/Angstrom"), ("test", "homo", "meV"), ("test", "mu", "D")]:
         assert parse_metric_name(metric_name(split, target, unit)) == (split, target, unit)
     assert parse_metric_name("val/mae_std") is None and parse_metric_name("train/loss") is None
+
+
+RECORDS = Path(__file__).parents[1] / "benchmarks" / "records"
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent for p in RECORDS.glob("*/study.json")), ids=lambda p: p.name)
+def test_committed_study_records_are_reusable(folder):
+    """benchmarks/records: every cell there is one of its study's grid, has finite test errors for every target,
+    and is what --reuse would copy (a later sitting continues the study from these files)."""
+    manifest = json.loads((folder / "study.json").read_text())
+    overrides = dict(o.split("=", 1) for o in manifest["base_overrides"])
+    budget = float(overrides["time_budget_min"]) if manifest["study"] == "budget-check" else None
+    study = build_study(manifest["study"], manifest["preset"], seeds=5, molecule=overrides.get("molecule", "aspirin"),
+                        budget_min=budget)
+    keys = {c.key for c in study.cells}
+    cells = sorted((folder / "cells").glob("*.json"))
+    assert cells, f"{folder}: no cells"
+    for path in cells:
+        record = json.loads(path.read_text())
+        assert record["cell"] == path.stem and record["cell"] in keys, path
+        for target in study.targets:
+            values = [v for k, v in record["test"].items() if k.startswith(f"test/{target}_mae_")]
+            assert len(values) == 1 and np.isfinite(values[0]), (path, target)
+    assert len(runner.reusable_cells([folder])) == len(cells)

@@ -116,6 +116,18 @@ class Study:
         self.cells = [c for c in self.cells if c.group in keep]
         return self
 
+    def keep_cells(self, keys: list[str]) -> "Study":
+        """Keep only the cells with these keys, as ``--list`` prints them (``--cells``; e.g. the 3 B column of
+        budget-check, or one seed of a row, to split a study across cores or sittings)."""
+        have = [c.key for c in self.cells]
+        unknown = [k for k in keys if k not in have]
+        if unknown:
+            raise ValueError(f"--cells {' '.join(unknown)}: no such cell in study {self.name}; "
+                             f"cells: {', '.join(have) or 'none'}")
+        wanted = set(keys)
+        self.cells = [c for c in self.cells if c.key in wanted]
+        return self
+
     def describe(self) -> str:
         return (f"study {self.name}, preset {self.preset}: {len(self.cells)} cells from preset "
                 f"{self.base_preset!r} with {' '.join(self.base_overrides) or 'no overrides'}")

@@ -33,6 +33,9 @@ def add_parser(sub):
     p.add_argument("--only", nargs="+", default=[], metavar="ROW",
                    help="run only these rows of the table (mitigations or variants, e.g. --only none coord-only); "
                         "--list shows the rows")
+    p.add_argument("--cells", nargs="+", default=[], metavar="KEY",
+                   help="run only these cells, by the keys --list prints (e.g. --cells pairreg-90min-s0): split a "
+                        "study across cores or sittings, each part in its own --out, then join them with --reuse")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true", help="only write the table and plots from finished cells")
     mode.add_argument("--list", action="store_true", help="print the cells and which are finished, run nothing")
@@ -57,6 +60,8 @@ def run(args) -> int:
     study = build_study(args.study, args.preset, args.seeds, args.molecule, args.depths, budget_min)
     if args.only:
         study.only(args.only)
+    if args.cells:
+        study.keep_cells(args.cells)
     collide = sorted(set(parse_overrides(extra)) & cell_keys(study))
     if collide:
         raise ValueError(f"--set {' '.join(collide)}: the {args.study} study sets {'it' if len(collide) == 1 else 'them'} "
