@@ -198,6 +198,11 @@ def test_run_study_writes_cells_table_plots_and_resumes(tmp_path, monkeypatch):
     assert saved["config"]["n_layers"] == 2 and saved["config"]["hidden"] == 8
     assert len(saved["diagnostics"]["dirichlet_h"]) == 3  # embedding + 2 layers
     assert saved["test"]["test/energy_mae_meV"] > 0 and "test/forces_mae_meV_per_Angstrom" in saved["test"]
+    # how far the cell got, so wall-budget cells of two sittings can be compared: one epoch of batches of 8
+    n_train = len(np.load(out / "runs" / "none-L2-s0" / "split.npz")["train"])
+    assert saved["epochs_run"] == 1 and saved["stopped_by"] == "epochs"
+    assert saved["optimizer_steps"] == -(-n_train // 8) > 0
+    assert json.loads((out / "runs" / "none-L2-s0" / "environment.json").read_text())["cpu"]  # which machine
     paths = write_report(tiny_study(), results, out)
     table = (out / "table.md").read_text()
     assert "test energy MAE (meV)" in table and "| 1 layer | 2 layers |" in table

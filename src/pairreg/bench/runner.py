@@ -115,6 +115,8 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
         "study": study.name, "preset": study.preset, "cell": cell.key, "group": cell.group, "x": cell.x,
         "seed": cell.seed, "overrides": list(cell.overrides), "config": cfg.to_dict(),
         "best_epoch": summary["best_epoch"], "epochs": summary["epochs"],
+        # how far the cell got: under a wall budget this depends on the machine (compare steps across sittings)
+        **{k: summary[k] for k in ("epochs_run", "optimizer_steps", "training_time_s", "stopped_by") if k in summary},
         "val": summary.get("val", {}), "test": summary.get("test", {}),
         "train_wall_time_s": summary.get("wall_time_s"), "cell_wall_time_s": round(time.perf_counter() - started, 1),
         "diagnostics_probe": f"first {PROBE_MOLECULES} test molecules", "diagnostics": diagnostics,

@@ -45,10 +45,21 @@ class RunDirectoryError(ValueError):
     """A run directory that cannot be used as asked (exists already, or a resume finds it damaged)."""
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment(cfg: Config | None = None) -> dict:
     env = {
         "pairreg": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-        "lightning": L.__version__, "numpy": np.__version__, "platform": platform.platform(),
+        "lightning": L.__version__, "numpy": np.__version__, "platform": platform.platform(), "cpu": _cpu_model(),
         "cuda_available": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
@@ -318,6 +329,8 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
         if force_unit:
             summary["forces_unit"] = force_unit
         summary["epochs_run"] = trainer.current_epoch
+        # a wall budget trains as many steps as the machine allows: the step count makes two runs comparable
+        summary["optimizer_steps"] = trainer.global_step
         if module.budget is not None:
             summary["time_budget_min"] = cfg.time_budget_min
             summary["training_time_s"] = round(module.budget.elapsed_s(), 1)
