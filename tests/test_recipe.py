@@ -93,6 +93,10 @@ def test_loss_kinds_on_known_values():
     (["forces_loss=l3"], "forces_loss='l3' is not valid"),
     (["warmup_frac=1.5"], "warmup_frac must be in"),
     (["grad_clip=-1"], "grad_clip must be >= 0"),
+    (["step_budget=0"], "step_budget must be > 0 optimiser steps"),
+    (["step_budget=2.5"], "step_budget must be an integer"),
+    (["step_budget=100", "time_budget_min=5"], "a run has one budget"),
+    (["step_budget=100", "warmup_epochs=1"], "set warmup_frac instead"),
 ])
 def test_recipe_keys_are_validated(bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -125,6 +129,20 @@ def test_budget_limited_run_stops_when_spent_and_decays_the_rate_to_lr_min(tmp_p
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5, rel=1e-6)
     assert summary["epochs_run"] == ckpt["epoch"] + 1
     assert summary["stopped_by"] == "time_budget_min"
+
+
+def test_step_budget_stops_mid_epoch_validates_and_decays_the_rate_to_lr_min(tmp_path):
+    """A step budget: equal compute whatever the machine. 7 steps of batches of 8 end inside the first epoch."""
+    cfg = _cfg(tmp_path, "steps", "epochs=50", "batch_size=8", "step_budget=7", "lr=1e-3", "lr_min=1e-5",
+               "warmup_frac=0.2")
+    summary = train(cfg)
+    ckpt = load_checkpoint(tmp_path / "steps", "last")
+    assert ckpt["global_step"] == 7 and summary["optimizer_steps"] == 7
+    assert summary["stopped_by"] == "step_budget" and summary["step_budget"] == 7
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5, rel=1e-6)  # progress 1
+    batches = -(-len(np.load(tmp_path / "steps" / "split.npz")["train"]) // 8)
+    assert batches > 7, "the fixture must give more than 7 batches for the budget to end mid-epoch"
+    assert summary["val"] and summary["epochs_run"] == 1  # the partial epoch was validated
 
 
 def test_force_rms_energy_scale_gives_unit_rms_forces(tmp_path):

@@ -89,6 +89,8 @@ class Config:
     # --- the field's force-field recipe (docs/training.md gives each key's source) ---
     time_budget_min: typing.Optional[float] = None  # stop after this much training wall time (minutes); the
     #   schedule's warm-up and decay then run on the fraction of the budget spent; `epochs` stays a cap
+    step_budget: typing.Optional[int] = None  # stop after this many optimiser steps; warm-up, decay and the second
+    #   stage run on the fraction of them done. Equal compute that, unlike a wall budget, does not depend on the machine
     warmup_frac: float = 0.0  # linear warm-up over this fraction of the run (steps, or the time budget)
     plateau_factor: float = 0.5  # schedule=plateau: lr × this after plateau_patience validations without a new best
     plateau_patience: int = 10
@@ -358,6 +360,14 @@ def _check_recipe(cfg: Config) -> None:
     if cfg.time_budget_min is not None and cfg.warmup_epochs:
         raise ConfigError("warmup_epochs: with time_budget_min the warm-up is a fraction of the budget; "
                           "set warmup_frac instead")
+    if cfg.step_budget is not None:
+        if cfg.step_budget <= 0:
+            raise ConfigError(f"step_budget must be > 0 optimiser steps or null, got {cfg.step_budget}")
+        if cfg.time_budget_min is not None:
+            raise ConfigError("step_budget and time_budget_min are both set; a run has one budget (set the other to null)")
+        if cfg.warmup_epochs:
+            raise ConfigError("warmup_epochs: with step_budget the warm-up is a fraction of the budget; "
+                              "set warmup_frac instead")
     if cfg.warmup_frac and cfg.warmup_epochs:
         raise ConfigError("warmup_frac and warmup_epochs are both set; use one")
     for key in ("warmup_frac", "stage2_frac"):

@@ -146,7 +146,7 @@ class PropertyModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.cfg
         opt = build_optimizer(cfg, (p for p in self.parameters() if p.requires_grad))  # frozen layers left out
-        total = self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self.total_steps = cfg.step_budget or max(1, int(self.trainer.estimated_stepping_batches))
         if self.budget is not None:  # warm-up and decay on the fraction of the time budget spent
             def factor(step):
                 return lr_factor_at(self.budget.progress(), cfg.warmup_frac, cfg.schedule, cfg.lr, cfg.lr_min)
@@ -181,7 +181,7 @@ class PropertyModule(L.LightningModule):
         }
 
     def on_train_epoch_start(self):
-        if self.budget is not None and self.budget.exhausted():  # spent during the last validation
+        if (self.budget is not None and self.budget.exhausted()) or self.steps_exhausted():  # spent before a resume
             self.trainer.should_stop = True
         # noise drawn in training (coord_noise) becomes a function of (seed, epoch): exact after resume
         seed = (self.cfg.seed * 1_000_003 + self.current_epoch + 1) % 2**31
@@ -193,8 +193,11 @@ class PropertyModule(L.LightningModule):
         if self.budget is not None:
             self.budget.start()
 
+    def steps_exhausted(self) -> bool:
+        return self.cfg.step_budget is not None and self.global_step >= self.cfg.step_budget
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.budget is not None and self.budget.exhausted():
+        if (self.budget is not None and self.budget.exhausted()) or self.steps_exhausted():
             self.trainer.should_stop = True  # Lightning still validates this last (partial) epoch
 
     def on_train_end(self):

@@ -113,6 +113,7 @@ class EpochSummary(L.Callback):
     def on_train_start(self, trainer, pl_module):
         self.start = time.perf_counter()
         self.first_epoch = trainer.current_epoch
+        self.first_step = trainer.global_step
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
@@ -120,6 +121,9 @@ class EpochSummary(L.Callback):
         done = trainer.current_epoch + 1
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(1, done - self.first_epoch) * (trainer.max_epochs - done)
+        if pl_module.cfg.step_budget:  # a step budget usually ends long before the epoch cap
+            steps_done = max(1, trainer.global_step - self.first_step)
+            eta = min(eta, elapsed / steps_done * max(0, pl_module.cfg.step_budget - trainer.global_step))
         if pl_module.budget is not None:  # a budget-limited run ends when its budget is spent
             eta = min(eta, max(0.0, pl_module.budget.budget_s - pl_module.budget.elapsed_s()))
         maes = ", ".join(
@@ -334,8 +338,10 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
         if module.budget is not None:
             summary["time_budget_min"] = cfg.time_budget_min
             summary["training_time_s"] = round(module.budget.elapsed_s(), 1)
+        if cfg.step_budget is not None:
+            summary["step_budget"] = cfg.step_budget
         summary["stopped_by"] = ("time_budget_min" if module.budget is not None and module.budget.exhausted()
-                                 else "epochs")
+                                 else "step_budget" if module.steps_exhausted() else "epochs")
         if module.lr_scale != 1.0:
             summary["lr_scale"] = module.lr_scale  # lowered by plateaus or the divergence guard
         if trainer.world_size > 1:
