@@ -14,7 +14,7 @@ from pairreg.bench.report import (budget_check_table, compare_table, dirichlet_r
                                   write_report)
 from pairreg.bench.studies import ABLATION_VARIANTS, DEPTHS, STUDIES, Cell, Study, build_study, row_label
 from pairreg.cli.main import main
-from pairreg.config import ConfigError
+from pairreg.config import ConfigError, load_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rmd17"
 TINY = ["hidden=8", "epochs=1", "batch_size=8", "threads=1", f"data_root={FIXTURE}"]
@@ -461,15 +461,18 @@ RECORDS = Path(__file__).parents[1] / "benchmarks" / "records"
 
 
 @pytest.mark.parametrize("folder", sorted(p.parent for p in RECORDS.glob("*/study.json")), ids=lambda p: p.name)
-def test_committed_study_records_are_reusable(folder):
+def test_committed_study_records_are_reusable(folder, tmp_path):
     """benchmarks/records: every cell there is one of its study's grid, has finite test errors for every target,
-    and is what --reuse would copy (a later sitting continues the study from these files)."""
+    and computes what the current code's cell computes, so --reuse copies it (a later sitting continues the
+    study from these files; a new config key must default to the old behaviour)."""
     manifest = json.loads((folder / "study.json").read_text())
     overrides = dict(o.split("=", 1) for o in manifest["base_overrides"])
     budget = float(overrides["time_budget_min"]) if manifest["study"] == "budget-check" else None
     study = build_study(manifest["study"], manifest["preset"], seeds=5, molecule=overrides.get("molecule", "aspirin"),
                         budget_min=budget)
-    keys = {c.key for c in study.cells}
+    assert study.base_overrides == manifest["base_overrides"]
+    by_key = {c.key: c for c in study.cells}
+    keys = set(by_key)
     cells = sorted((folder / "cells").glob("*.json"))
     assert cells, f"{folder}: no cells"
     for path in cells:
@@ -478,4 +481,13 @@ def test_committed_study_records_are_reusable(folder):
         for target in study.targets:
             values = [v for k, v in record["test"].items() if k.startswith(f"test/{target}_mae_")]
             assert len(values) == 1 and np.isfinite(values[0]), (path, target)
+        now = runner.cell_config(study, by_key[record["cell"]], tmp_path, manifest["extra_overrides"]).to_dict()
+        assert runner.config_identity(record["config"]) == runner.config_identity(now), path
     assert len(runner.reusable_cells([folder])) == len(cells)
+
+
+def test_a_key_added_to_the_config_later_does_not_stop_reuse():
+    config = load_config("rmd17-1h", ["molecule=ethanol"]).to_dict()
+    older = {k: v for k, v in config.items() if k != "step_budget"}  # recorded before step_budget existed
+    assert runner.config_identity(older) == runner.config_identity(config)
+    assert runner.config_identity({**config, "step_budget": 5, "time_budget_min": None}) != runner.config_identity(config)

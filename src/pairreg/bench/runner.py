@@ -127,8 +127,13 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
 
 
 def config_identity(config: dict) -> str:
-    """What a cell computes: its config without the keys that only say where or how it ran."""
-    return json.dumps({k: v for k, v in config.items() if k not in RUN_PLACE_KEYS}, sort_keys=True)
+    """What a cell computes: its config without the keys that only say where or how it ran. A key the config
+    did not have yet when the cell ran counts as its default (new keys default to the old behaviour), so cells
+    recorded by an earlier version stay reusable."""
+    from ..config import Config
+
+    full = {**Config().to_dict(), **config}
+    return json.dumps({k: v for k, v in full.items() if k not in RUN_PLACE_KEYS}, sort_keys=True)
 
 
 def reusable_cells(folders: list[Path]) -> dict[str, Path]:
