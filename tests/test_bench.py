@@ -102,6 +102,31 @@ def test_budget_check_cli_takes_b_from_set_and_a_grid_key_in_set_is_refused(tmp_
     assert "--set time_budget_min: expected a number of minutes, got 'ten'" in capsys.readouterr().err
 
 
+def test_budget_check_in_optimiser_steps(tmp_path, capsys):
+    """B in steps (--set step_budget=B): the same compute on any machine, cells at B and 3 B steps."""
+    study = build_study("budget-check", "budget", molecule="ethanol", budget_steps=2000)
+    assert sorted((c.group, c.x) for c in study.cells) == sorted(
+        (g, b) for g in ("none", "residual", "pairreg") for b in (2000, 6000))
+    for cell in study.cells:
+        cfg = runner.cell_config(study, cell, tmp_path, ["threads=1"])
+        assert (cfg.step_budget, cfg.time_budget_min, cfg.n_layers, cfg.mitigation) == (cell.x, None, 8, cell.group)
+    assert runner.describe_cell(study.cells[0]) == "none, 2000 steps, seed 0"
+    assert main(["bench", "budget-check", "--preset", "budget", "--list", "--out", str(tmp_path / "s"),
+                 "--set", "time_budget_min=null", "step_budget=500", "threads=1"]) == 0
+    assert {line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]} == {
+        f"{g}-{b}steps-s0" for g in ("none", "residual", "pairreg") for b in (500, 1500)}
+    for bad, message in ((["step_budget=5.5"], "expected a whole number of steps, got '5.5'"),
+                         (["time_budget_min=10", "step_budget=500"], "not both"),
+                         (["time_budget_min=null"], "needs a budget B")):
+        assert main(["bench", "budget-check", "--preset", "budget", "--list", "--set", *bad]) == 2
+        assert message in capsys.readouterr().err
+    # the table counts its columns in steps
+    results = [{"group": c.group, "x": c.x, "test": {"test/energy_mae_meV": 10.0 if c.x == 2000 else 9.0}}
+               for c in study.cells]
+    table = budget_check_table(results, ["none", "residual", "pairreg"], [2000, 6000], unit="steps")
+    assert "test energy (meV), 2000 steps | 6000 steps | ratio 2000 / 6000 |" in table and "| 1.11 | yes |" in table
+
+
 def test_budget_check_table_gives_each_ratio_and_the_verdict():
     def result(group, minutes, energy, forces):
         return {"cell": f"{group}-{minutes}", "group": group, "x": float(minutes), "seed": 0,

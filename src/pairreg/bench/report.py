@@ -10,7 +10,7 @@ import numpy as np
 from ..atomic import write_atomic
 from ..training.module import FORCE_NAME, metric_name, parse_metric_name
 from .runner import finite, saved_overrides, seed_stats
-from .studies import Study, layers, row_label
+from .studies import Study, budget_unit, layers, row_label
 
 MITIGATION_ORDER = ("none", "residual", "pairreg", "pairnorm", "g2")
 
@@ -117,25 +117,26 @@ def target_table(results: list[dict], split: str = "test") -> str:
     return "\n".join(lines)
 
 
-def budget_check_table(results: list[dict], groups: list[str], budgets: list[float], split: str = "test") -> str:
+def budget_check_table(results: list[dict], groups: list[str], budgets: list[float], split: str = "test",
+                       unit: str = "min") -> str:
     """Rows = mitigations; per target the MAE at the budget B and at 3 B and their ratio; the last column says
     whether B is long enough (every ratio within the tolerance; "–" while a cell is missing)."""
     from .studies import BUDGET_CHECK_TOLERANCE
 
-    short, long_ = min(budgets), max(budgets)
+    short, long_ = (f"{b:g}" if unit == "min" else str(b) for b in (min(budgets), max(budgets)))
     units = _units(results)
     names = _target_order(units)
     head = ["row"]
     for name in names:
-        unit = pretty_unit(units[name])
-        head += [f"{split} {name} ({unit}), {short:g} min", f"{long_:g} min", f"ratio {short:g} / {long_:g}"]
+        head += [f"{split} {name} ({pretty_unit(units[name])}), {short} {unit}", f"{long_} {unit}",
+                 f"ratio {short} / {long_}"]
     head.append(f"within {BUDGET_CHECK_TOLERANCE:.0%}")
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for group in groups:
         row, ratios = [_label(results, group)], []
         for name in names:
             a, b = (seed_stats([_metric(r, split, name, units[name]) for r in results
-                                if r["group"] == group and r["x"] == x]) for x in (short, long_))
+                                if r["group"] == group and r["x"] == x]) for x in (min(budgets), max(budgets)))
             ratio = a[0] / b[0] if a[2] and b[2] and b[0] > 0 else float("nan")
             ratios.append(ratio)
             row += [fmt(*a), fmt(*b), "–" if math.isnan(ratio) else f"{ratio:.2f}"]
@@ -248,7 +249,7 @@ def study_tables(study: Study, results: list[dict], extra: list[str] | None = No
         return head + "\n\n" + variant_table(results, planned_groups)
     if study.name == "budget-check":
         budgets = sorted({c.x for c in study.cells})
-        return head + "\n\n" + budget_check_table(results, planned_groups, budgets)
+        return head + "\n\n" + budget_check_table(results, planned_groups, budgets, unit=budget_unit(study))
     if study.name in ("backbones", "backbones-qm9"):
         return head + "\n\n" + variant_table(results, planned_groups) + "\n\n" + published_table(study)
     return head + "\n\n" + target_table(results)

@@ -158,7 +158,14 @@ def reuse_cell(study: Study, cell: Cell, out: Path, config: dict, source: Path) 
 
 
 def describe_cell(cell: Cell) -> str:
-    where = "" if cell.x is None else (f", {layers(cell.x)}" if isinstance(cell.x, int) else f", {cell.x}")
+    budget = next((o.split("=", 1)[0] for o in cell.overrides if o.startswith(("step_budget=", "time_budget_min="))),
+                  None)
+    if cell.x is None:
+        where = ""
+    elif budget is not None:  # budget-check's columns
+        where = f", {cell.x} steps" if budget == "step_budget" else f", {cell.x:g} min"
+    else:
+        where = f", {layers(cell.x)}" if isinstance(cell.x, int) else f", {cell.x}"
     return f"{cell.group}{where}, seed {cell.seed}"
 
 

@@ -253,25 +253,41 @@ def backbones_qm9_study(preset: str, seeds: int | None = None) -> Study:
 
 
 def budget_check_study(preset: str, seeds: int | None = None, molecule: str = "aspirin",
-                       budget_min: float | None = None) -> Study:
-    """Rows none, residual, pairreg at the ablation's depth (8 layers); columns x = the training budget in minutes, B
-    and 3 B. Each cell sets its own ``time_budget_min``, so ``--set time_budget_min`` gives B, not every cell's."""
+                       budget_min: float | None = None, budget_steps: int | None = None) -> Study:
+    """Rows none, residual, pairreg at the ablation's depth (8 layers); columns x = the training budget, B and 3 B:
+    minutes of wall time (``time_budget_min``, default), or optimiser steps (``budget_steps``: ``step_budget``,
+    the same compute on any machine). Each cell sets its own budget, so ``--set`` gives B, not every cell's."""
     if preset != "budget":
         raise ValueError(f"study budget-check checks the budget preset's wall time: use --preset budget (not {preset!r})")
-    budget = DEFAULT_BUDGET_MIN if budget_min is None else float(budget_min)
-    if not budget > 0:
-        raise ValueError(f"--set time_budget_min: budget-check needs a budget > 0 minutes, got {budget_min}")
+    if budget_min is not None and budget_steps is not None:
+        raise ValueError("budget-check: give B in minutes (time_budget_min) or in steps (step_budget), not both")
     base, base_overrides = _rmd17_base(preset, molecule)
-    # B in the base overrides too: the study folder's manifest then refuses a rerun with another B
-    study = Study("budget-check", preset, base, [*base_overrides, f"n_layers={BUDGET_ABLATION_LAYERS}",
-                                                 f"time_budget_min={budget:g}"])
-    for minutes in (budget, BUDGET_CHECK_FACTOR * budget):
+    if budget_steps is not None:
+        if isinstance(budget_steps, bool) or not isinstance(budget_steps, int) or budget_steps <= 0:
+            raise ValueError(f"--set step_budget: budget-check needs a whole number of steps > 0, got {budget_steps!r}")
+        # B in the base overrides too: the study folder's manifest then refuses a rerun with another B
+        study = Study("budget-check", preset, base, [*base_overrides, f"n_layers={BUDGET_ABLATION_LAYERS}",
+                                                     "time_budget_min=null", f"step_budget={budget_steps}"])
+        budgets = [(n, f"{n}steps", f"step_budget={n}") for n in (budget_steps, BUDGET_CHECK_FACTOR * budget_steps)]
+    else:
+        budget = DEFAULT_BUDGET_MIN if budget_min is None else float(budget_min)
+        if not budget > 0:
+            raise ValueError(f"--set time_budget_min: budget-check needs a budget > 0 minutes, got {budget_min}")
+        study = Study("budget-check", preset, base, [*base_overrides, f"n_layers={BUDGET_ABLATION_LAYERS}",
+                                                     f"time_budget_min={budget:g}"])
+        budgets = [(m, f"{m:g}min", f"time_budget_min={m:g}") for m in (budget, BUDGET_CHECK_FACTOR * budget)]
+    for x, name, override in budgets:
         for mitigation in BUDGET_CHECK_ROWS:
             for seed in _seeds(1, seeds):
-                study.cells.append(Cell(f"{mitigation}-{minutes:g}min-s{seed}", mitigation, minutes, seed,
-                                        (f"mitigation={mitigation}", f"time_budget_min={minutes:g}", f"seed={seed}"),
-                                        minutes / budget * BUDGET_ABLATION_LAYERS))
+                study.cells.append(Cell(f"{mitigation}-{name}-s{seed}", mitigation, x, seed,
+                                        (f"mitigation={mitigation}", override, f"seed={seed}"),
+                                        x / budgets[0][0] * BUDGET_ABLATION_LAYERS))
     return study
+
+
+def budget_unit(study: Study) -> str:
+    """What budget-check's columns count: "steps" or "min"."""
+    return "steps" if any(o.startswith("step_budget=") for o in study.base_overrides) else "min"
 
 
 def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
@@ -304,12 +320,14 @@ STUDIES = {"depth": depth_study, "ablation": ablation_study, "qm9-table": qm9_ta
 
 
 def build_study(name: str, preset: str, seeds: int | None = None, molecule: str = "aspirin",
-                depths: list[int] | None = None, budget_min: float | None = None) -> Study:
+                depths: list[int] | None = None, budget_min: float | None = None,
+                budget_steps: int | None = None) -> Study:
     """The study's cells, seed 0 of every configuration first: a partly run study has one seed of everything.
-    ``depths`` keeps only those columns of the depth study (``--depths``); ``budget_min`` is budget-check's B."""
-    if budget_min is not None and name != "budget-check":
+    ``depths`` keeps only those columns of the depth study (``--depths``); ``budget_min`` or ``budget_steps`` is
+    budget-check's B."""
+    if (budget_min is not None or budget_steps is not None) and name != "budget-check":
         raise ValueError(f"a base budget applies to the budget-check study only (not {name})")
-    study = _build(name, preset, seeds, molecule, budget_min)
+    study = _build(name, preset, seeds, molecule, budget_min, budget_steps)
     if depths:
         if name != "depth":
             raise ValueError(f"--depths applies to the depth study only (not {name})")
@@ -327,7 +345,8 @@ def cell_keys(study: Study) -> set[str]:
     return {o.split("=", 1)[0] for c in study.cells for o in c.overrides}
 
 
-def _build(name: str, preset: str, seeds: int | None, molecule: str, budget_min: float | None) -> Study:
+def _build(name: str, preset: str, seeds: int | None, molecule: str, budget_min: float | None,
+           budget_steps: int | None) -> Study:
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; choose one of {list(STUDIES)}")
     if preset not in PRESETS:
@@ -339,5 +358,5 @@ def _build(name: str, preset: str, seeds: int | None, molecule: str, budget_min:
     if name == "backbones-qm9":
         return backbones_qm9_study(preset, seeds)
     if name == "budget-check":
-        return budget_check_study(preset, seeds, molecule, budget_min)
+        return budget_check_study(preset, seeds, molecule, budget_min, budget_steps)
     return STUDIES[name](preset, seeds, molecule)

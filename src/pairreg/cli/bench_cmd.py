@@ -15,7 +15,8 @@ def add_parser(sub):
     p = sub.add_parser("bench", help="reproduce the paper's studies (depth, ablation, qm9-table) and compare backbones")
     p.add_argument("study", choices=["depth", "ablation", "qm9-table", "backbones", "backbones-qm9", "budget-check"],
                    help="budget-check: the 8-layer none/residual/pairreg cells at the budget B (--set "
-                        "time_budget_min=B, default 60) and at 3 B, and whether B is within 15 %% of 3 B")
+                        "time_budget_min=B minutes, default 60, or step_budget=B optimiser steps) and at 3 B, and "
+                        "whether B is within 15 %% of 3 B")
     p.add_argument("--preset", choices=["cpu", "paper", "budget"], default="cpu",
                    help="cpu: sized for ~2 h on 2 CPU cores (default); paper: the paper's protocol (GPU); budget: "
                         "the one-hour presets' recipe, every cell the same wall time (60 min; --set "
@@ -54,10 +55,10 @@ def run(args) -> int:
     from ..config import parse_overrides
 
     extra = list(args.set)
-    budget_min = None
-    if args.study == "budget-check":  # its cells train for B and 3 B: --set time_budget_min is B, not every cell's
-        budget_min, extra = _take_budget(extra)
-    study = build_study(args.study, args.preset, args.seeds, args.molecule, args.depths, budget_min)
+    budget_min = budget_steps = None
+    if args.study == "budget-check":  # its cells train for B and 3 B: --set gives B, not every cell's budget
+        budget_min, budget_steps, extra = _take_budget(extra)
+    study = build_study(args.study, args.preset, args.seeds, args.molecule, args.depths, budget_min, budget_steps)
     if args.only:
         study.only(args.only)
     if args.cells:
@@ -88,21 +89,30 @@ def run(args) -> int:
     return 0
 
 
-def _take_budget(overrides: list[str]) -> tuple[float | None, list[str]]:
-    """``time_budget_min=B`` out of ``--set`` (the last one wins, as for other keys): (B or None, the rest)."""
+def _take_budget(overrides: list[str]) -> tuple[float | None, int | None, list[str]]:
+    """budget-check's B out of ``--set``: ``time_budget_min=B`` (minutes) or ``step_budget=B`` (optimiser steps),
+    the last one of each wins as for other keys; ``time_budget_min=null`` beside a step budget only clears the
+    preset's. Returns (minutes or None, steps or None, the rest)."""
     from ..config import parse_overrides
 
-    budget, rest = None, []
+    minutes, steps, rest = None, None, []
     for item in overrides:
         parsed = parse_overrides([item])  # the config's own key=value parsing
-        if "time_budget_min" not in parsed:
+        if "time_budget_min" in parsed:
+            minutes = parsed["time_budget_min"]
+            if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))):
+                raise ValueError(f"--set time_budget_min: expected a number of minutes, got {item.split('=', 1)[1]!r}")
+            minutes = None if minutes is None else float(minutes)
+        elif "step_budget" in parsed:
+            steps = parsed["step_budget"]
+            if isinstance(steps, bool) or not isinstance(steps, int):
+                raise ValueError(f"--set step_budget: expected a whole number of steps, got {item.split('=', 1)[1]!r}")
+        else:
             rest.append(item)
-            continue
-        budget = parsed["time_budget_min"]
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-            raise ValueError(f"--set time_budget_min: expected a number of minutes, got {item.split('=', 1)[1]!r}")
-        budget = float(budget)
-    return budget, rest
+    if minutes is None and steps is None and any("time_budget_min" in parse_overrides([o]) for o in overrides):
+        raise ValueError("--set time_budget_min=null: budget-check needs a budget B; give step_budget=B to count "
+                         "it in optimiser steps")
+    return minutes, steps, rest
 
 
 def _row_at_depth(name: str) -> tuple[str, int | None]:
