@@ -357,17 +357,14 @@ def _check_recipe(cfg: Config) -> None:
     """The training-recipe keys: ranges, and combinations that would silently do nothing."""
     if cfg.time_budget_min is not None and cfg.time_budget_min <= 0:
         raise ConfigError(f"time_budget_min must be > 0 minutes or null, got {cfg.time_budget_min}")
-    if cfg.time_budget_min is not None and cfg.warmup_epochs:
-        raise ConfigError("warmup_epochs: with time_budget_min the warm-up is a fraction of the budget; "
+    if cfg.step_budget is not None and cfg.step_budget <= 0:
+        raise ConfigError(f"step_budget must be > 0 optimiser steps or null, got {cfg.step_budget}")
+    if cfg.step_budget is not None and cfg.time_budget_min is not None:
+        raise ConfigError("step_budget and time_budget_min are both set; a run has one budget (set the other to null)")
+    budget_key = "time_budget_min" if cfg.time_budget_min is not None else "step_budget" if cfg.step_budget else None
+    if budget_key and cfg.warmup_epochs:
+        raise ConfigError(f"warmup_epochs: with {budget_key} the warm-up is a fraction of the budget; "
                           "set warmup_frac instead")
-    if cfg.step_budget is not None:
-        if cfg.step_budget <= 0:
-            raise ConfigError(f"step_budget must be > 0 optimiser steps or null, got {cfg.step_budget}")
-        if cfg.time_budget_min is not None:
-            raise ConfigError("step_budget and time_budget_min are both set; a run has one budget (set the other to null)")
-        if cfg.warmup_epochs:
-            raise ConfigError("warmup_epochs: with step_budget the warm-up is a fraction of the budget; "
-                              "set warmup_frac instead")
     if cfg.warmup_frac and cfg.warmup_epochs:
         raise ConfigError("warmup_frac and warmup_epochs are both set; use one")
     for key in ("warmup_frac", "stage2_frac"):

@@ -123,7 +123,8 @@ def budget_check_table(results: list[dict], groups: list[str], budgets: list[flo
     whether B is long enough (every ratio within the tolerance; "–" while a cell is missing)."""
     from .studies import BUDGET_CHECK_TOLERANCE
 
-    short, long_ = (f"{b:g}" if unit == "min" else str(b) for b in (min(budgets), max(budgets)))
+    lo, hi = min(budgets), max(budgets)
+    short, long_ = (f"{b:g}" if unit == "min" else str(b) for b in (lo, hi))
     units = _units(results)
     names = _target_order(units)
     head = ["row"]
@@ -136,7 +137,7 @@ def budget_check_table(results: list[dict], groups: list[str], budgets: list[flo
         row, ratios = [_label(results, group)], []
         for name in names:
             a, b = (seed_stats([_metric(r, split, name, units[name]) for r in results
-                                if r["group"] == group and r["x"] == x]) for x in (min(budgets), max(budgets)))
+                                if r["group"] == group and r["x"] == x]) for x in (lo, hi))
             ratio = a[0] / b[0] if a[2] and b[2] and b[0] > 0 else float("nan")
             ratios.append(ratio)
             row += [fmt(*a), fmt(*b), "–" if math.isnan(ratio) else f"{ratio:.2f}"]

@@ -95,11 +95,11 @@ def _take_budget(overrides: list[str]) -> tuple[float | None, int | None, list[s
     preset's. Returns (minutes or None, steps or None, the rest)."""
     from ..config import parse_overrides
 
-    minutes, steps, rest = None, None, []
+    minutes, steps, rest, minutes_given = None, None, [], False
     for item in overrides:
         parsed = parse_overrides([item])  # the config's own key=value parsing
         if "time_budget_min" in parsed:
-            minutes = parsed["time_budget_min"]
+            minutes, minutes_given = parsed["time_budget_min"], True
             if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))):
                 raise ValueError(f"--set time_budget_min: expected a number of minutes, got {item.split('=', 1)[1]!r}")
             minutes = None if minutes is None else float(minutes)
@@ -109,7 +109,7 @@ def _take_budget(overrides: list[str]) -> tuple[float | None, int | None, list[s
                 raise ValueError(f"--set step_budget: expected a whole number of steps, got {item.split('=', 1)[1]!r}")
         else:
             rest.append(item)
-    if minutes is None and steps is None and any("time_budget_min" in parse_overrides([o]) for o in overrides):
+    if minutes_given and minutes is None and steps is None:
         raise ValueError("--set time_budget_min=null: budget-check needs a budget B; give step_budget=B to count "
                          "it in optimiser steps")
     return minutes, steps, rest

@@ -181,7 +181,7 @@ class PropertyModule(L.LightningModule):
         }
 
     def on_train_epoch_start(self):
-        if (self.budget is not None and self.budget.exhausted()) or self.steps_exhausted():  # spent before a resume
+        if self.out_of_budget():  # spent during the last validation, or before a resume
             self.trainer.should_stop = True
         # noise drawn in training (coord_noise) becomes a function of (seed, epoch): exact after resume
         seed = (self.cfg.seed * 1_000_003 + self.current_epoch + 1) % 2**31
@@ -196,8 +196,12 @@ class PropertyModule(L.LightningModule):
     def steps_exhausted(self) -> bool:
         return self.cfg.step_budget is not None and self.global_step >= self.cfg.step_budget
 
+    def out_of_budget(self) -> bool:
+        """The wall budget or the step budget is spent."""
+        return (self.budget is not None and self.budget.exhausted()) or self.steps_exhausted()
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if (self.budget is not None and self.budget.exhausted()) or self.steps_exhausted():
+        if self.out_of_budget():
             self.trainer.should_stop = True  # Lightning still validates this last (partial) epoch
 
     def on_train_end(self):
