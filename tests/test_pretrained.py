@@ -4,6 +4,7 @@ the model never saw, in the right units, through both `pairreg evaluate`'s code 
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -69,3 +70,23 @@ def test_shipped_qm9_homo_model_matches_its_card_on_typical_sample_molecules(nam
     b = sample.collate(np.asarray(typical))
     mae = np.abs(model.predict(b.z, b.pos, b.batch).numpy()[:, 0] - sample.y[typical, 0]).mean()
     assert 0.3 * card < mae < 1.5 * card, (mae, card)
+
+
+def test_every_shipped_model_has_a_card_whose_table_matches_its_metrics():
+    """The model table of pretrained/README.md quotes each model's test MAE as recorded in its metrics.json
+    (to the digits shown), and every shipped checkpoint has a row and a card: a model replaced without its
+    card (or the reverse) fails here."""
+    folder = resources.files("pairreg.pretrained")
+    readme = (folder / "README.md").read_text()
+    rows = {line.split("|")[1].strip().split()[0].strip("`"): line.split("|")[-2]
+            for line in readme.split("\n## ")[0].splitlines() if line.startswith("| `")}  # the table above the cards
+    for name in pretrained.names():
+        assert name in rows, f"{name} has no row in the table of pretrained/README.md"
+        assert f"## `{name}.ckpt`" in readme, f"{name} has no card in pretrained/README.md"
+        test = json.loads((folder / f"{name}.metrics.json").read_text())["test"]
+        recorded = [v for k, v in test.items() if k != "test/mae_std"]
+        shown = re.findall(r"\d+(?:\.\d+)?", rows[name])
+        assert len(shown) == len(recorded), (name, shown, recorded)
+        for text, value in zip(shown, recorded):
+            decimals = len(text.split(".")[1]) if "." in text else 0
+            assert abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-9, (name, text, value)
