@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-precision", choices=("fp32", "tf32"), default="fp32",
                    help="float32 matmul precision of that training (default %(default)s; the library has no bf16 training)")
     p.add_argument("--num-workers", type=int, help="DataLoader worker processes of that training (default: 4 on a GPU, 0 on a CPU)")
+    p.add_argument("--data-on-device", action="store_true",
+                   help="that training keeps QM9 on the GPU and builds batches there (data_on_device=true; no workers)")
     p.add_argument("--no-train", action="store_true", help="the table only")
     p.add_argument("--out", default="runs/gpu-bench", help="parent folder of the training's run directory (default %(default)s)")
     p.add_argument("--json", help="also write every number to this JSON file")
@@ -214,8 +216,11 @@ def budget_training(ds, args, device) -> dict:
     from pairreg.training.run import train
 
     workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
+    if args.data_on_device:
+        workers = 0  # batches are built on the device, in the main process
     overrides = [f"time_budget_min={args.budget_min}", f"batch_size={args.train_batch}", "targets=homo",
                  "progress=false", "accelerator=auto", f"num_workers={workers}", f"out={args.out}",
+                 f"data_on_device={str(args.data_on_device).lower()}",
                  f"name=homo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"]
     if args.train_lr is not None:
         overrides.append(f"lr={args.train_lr}")
@@ -224,11 +229,12 @@ def budget_training(ds, args, device) -> dict:
     cfg = load_config(args.preset, overrides)
     print(f"\nQM9 HOMO training, {args.preset}: {cfg.n_layers} layers × {cfg.hidden}, batch {cfg.batch_size}, "
           f"lr {cfg.lr:g} ({cfg.schedule} over the budget), time_budget_min {cfg.time_budget_min:g}, "
-          f"matmuls {args.train_precision}, num_workers {workers}", flush=True)
+          f"matmuls {args.train_precision}, num_workers {workers}, data_on_device {cfg.data_on_device}", flush=True)
     with matmul_precision(args.train_precision):
         summary = train(cfg, dataset=ds)
     result = {"settings": {k: getattr(cfg, k) for k in ("preset", "n_layers", "hidden", "mitigation", "batch_size", "lr",
-                                                        "schedule", "time_budget_min", "epochs", "num_workers")},
+                                                        "schedule", "time_budget_min", "epochs", "num_workers",
+                                                        "data_on_device")},
               "matmul_precision": args.train_precision, "summary": summary}
     step = load_checkpoint(summary["run_dir"], "last").get("global_step")
     if step and summary.get("training_time_s"):

@@ -121,7 +121,9 @@ def test_gpu_quick_runs_every_cell_and_the_budget_training(qm9_sample_env, tmp_p
     npz = tmp_path / "qm9.npz"
     assert compact.main(["--out", str(npz)]) == 0
     result = tmp_path / "gpu.json"
-    assert gpu.main(["--quick", "--qm9-npz", str(npz), "--out", str(tmp_path / "runs"), "--json", str(result)]) == 0
+    # the device-resident data path (the default DataLoader path is what every other training test runs)
+    assert gpu.main(["--quick", "--qm9-npz", str(npz), "--out", str(tmp_path / "runs"), "--json", str(result),
+                     "--data-on-device"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"gpu_train_mol_per_s=\d+", lines[-1]), lines[-1]
     data = json.loads(result.read_text())
@@ -135,6 +137,7 @@ def test_gpu_quick_runs_every_cell_and_the_budget_training(qm9_sample_env, tmp_p
     assert data["training"]["settings"]["time_budget_min"] == 0.05 and summary["stopped_by"] in ("time_budget_min", "epochs")
     assert np.isfinite(summary["test"]["test/homo_mae_meV"])
     assert data["training"]["optimizer_steps"] >= 1
+    assert data["training"]["settings"]["data_on_device"] is True and data["training"]["settings"]["num_workers"] == 0
 
 
 def test_gpu_without_a_gpu_needs_quick(monkeypatch, capsys):

@@ -121,6 +121,7 @@ class Config:
     num_nodes: int = 1  # machines; multi-node runs are launched by SLURM or torchrun (docs/scaling.md)
     threads: typing.Optional[int] = None  # torch intra-op threads on CPU (None: torch's default)
     num_workers: int = 0
+    data_on_device: bool = False  # keep each split on the training device and build batches there (GPU; num_workers 0)
     progress: bool = True
     logger: str = "csv"  # csv: logs/metrics.csv | tensorboard: also TensorBoard event files in logs/tensorboard/
     eval_test: bool = True  # test the best-validation checkpoint at the end
@@ -474,6 +475,9 @@ def validate(cfg: Config) -> Config:
                           f"(backbone={cfg.backbone}); leave l_max at 1")
     if cfg.rbf == "bessel" and cfg.n_rbf < 1:
         raise ConfigError("rbf=bessel: set n_rbf >= 1 (n_rbf=0 means no distance basis)")
+    if cfg.data_on_device and cfg.num_workers:
+        raise ConfigError(f"data_on_device=true builds batches on the training device in the main process; "
+                          f"set num_workers=0 (got {cfg.num_workers})")
     for key in ("weight_decay", "warmup_epochs", "lr_min", "num_workers", "n_rbf"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")

@@ -12,6 +12,7 @@ import torch
 from ..config import Config
 from ..data import extxyz, qm9, rmd17
 from ..data.molecules import MoleculeSet
+from ..data.resident import ResidentSet
 
 
 def build_splits(cfg: Config, dataset: MoleculeSet | None = None) -> tuple[MoleculeSet, dict[str, np.ndarray]]:
@@ -91,6 +92,7 @@ class MoleculeDataModule(L.LightningDataModule):
         self.dataset = dataset
         self.split = split
         self.sets = {k: dataset.subset(v) for k, v in split.items()}
+        self.resident = {}  # name → ResidentSet, with data_on_device
         # your own file's SHA-256, saved in split.npz: a resumed run checks the file did not change
         self.fingerprint = extxyz.file_sha256(cfg.data_path) if cfg.dataset == "extxyz" else None
 
@@ -104,8 +106,17 @@ class MoleculeDataModule(L.LightningDataModule):
                  **{f"{k}_position": v for k, v in self.split.items()}, **extra)
         write_atomic(path, buffer.getbuffer())
 
+    def device(self) -> torch.device:
+        """Where training runs (the trainer's root device; the CPU before a trainer is attached)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
     def loader(self, name: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
         ds = self.sets[name]
+        if self.cfg.data_on_device:  # the same batches, built on the device from a copy kept there
+            if name not in self.resident:
+                self.resident[name] = ResidentSet(ds, self.device())
+            ds = self.resident[name]
         # one process: our epoch-seeded shuffle; DDP: Lightning's DistributedSampler (seed + epoch, also exact)
         sampler = EpochShuffle(len(ds), self.cfg.seed) if shuffle and self.cfg.devices * self.cfg.num_nodes == 1 else None
         return torch.utils.data.DataLoader(
