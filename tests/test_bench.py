@@ -492,9 +492,14 @@ def test_committed_study_records_are_reusable(folder, tmp_path):
     study from these files; a new config key must default to the old behaviour)."""
     manifest = json.loads((folder / "study.json").read_text())
     overrides = dict(o.split("=", 1) for o in manifest["base_overrides"])
-    budget = float(overrides["time_budget_min"]) if manifest["study"] == "budget-check" else None
+    budget_min = budget_steps = None
+    if manifest["study"] == "budget-check":  # B in minutes, or in optimiser steps (time_budget_min=null)
+        if overrides.get("step_budget", "null") != "null":
+            budget_steps = int(overrides["step_budget"])
+        else:
+            budget_min = float(overrides["time_budget_min"])
     study = build_study(manifest["study"], manifest["preset"], seeds=5, molecule=overrides.get("molecule", "aspirin"),
-                        budget_min=budget)
+                        budget_min=budget_min, budget_steps=budget_steps)
     assert study.base_overrides == manifest["base_overrides"]
     by_key = {c.key: c for c in study.cells}
     keys = set(by_key)

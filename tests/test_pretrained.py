@@ -28,12 +28,12 @@ ASPIRIN_PAINN = "rmd17-aspirin-painn"
 
 def test_the_shipped_models_are_listed_and_the_default_is_qm9():
     assert {pretrained.DEFAULT, ETHANOL, ASPIRIN, ETHANOL_PAINN, ASPIRIN_PAINN,
-            "qm9-homo-residual", "qm9-homo-painn"} <= set(pretrained.names())
+            "qm9-homo-residual", "qm9-homo-painn", "rmd17-ethanol-residual"} <= set(pretrained.names())
     assert pretrained.DEFAULT == "qm9-homo-lumo-gap-pairreg"
 
 
 @pytest.mark.parametrize("molecule, name", [("ethanol", ETHANOL), ("aspirin", ASPIRIN), ("ethanol", ETHANOL_PAINN),
-                                             ("aspirin", ASPIRIN_PAINN)])
+                                             ("aspirin", ASPIRIN_PAINN), ("ethanol", "rmd17-ethanol-residual")])
 def test_shipped_rmd17_model_matches_its_card_on_unseen_test_frames(molecule, name):
     model, info = load_model(pretrained.PREFIX + name)
     assert info["target_names"] == ["energy"] and info["target_units"] == ["meV"]
