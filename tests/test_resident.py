@@ -3,12 +3,16 @@ them trains the same model."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from pairreg.data.molecules import MoleculeSet
+from pairreg.data.molecules import MoleculeBatch, MoleculeSet
 from pairreg.data.resident import ResidentSet
+
+FIELDS = [f.name for f in dataclasses.fields(MoleculeBatch)]  # every field, including any added later
 
 
 def _set(sizes, seed=0, forces=True):
@@ -27,7 +31,7 @@ def test_device_batch_equals_host_collate_field_by_field(forces):
     rng = np.random.default_rng(1)
     for indices in (np.arange(len(ds)), rng.permutation(len(ds))[:6], np.array([7, 7, 0, 5]), np.array([3])):
         host, dev = ds.collate(indices), resident.collate(indices)
-        for field in ("z", "pos", "batch", "edge_index", "n_atoms", "y", "idx", "forces"):
+        for field in FIELDS:
             a, b = getattr(host, field), getattr(dev, field)
             if a is None:
                 assert b is None, field
@@ -88,7 +92,7 @@ def test_cuda_batches_built_on_the_gpu_equal_the_host_batches_moved_there():
     indices = np.array([8, 0, 7, 3, 3])
     host, dev = ds.collate(indices).to("cuda"), resident.collate(indices)
     assert dev.pos.device.type == "cuda" and dev.edge_index.device.type == "cuda"
-    for field in ("z", "pos", "batch", "edge_index", "n_atoms", "y", "idx", "forces"):
+    for field in FIELDS:
         assert torch.equal(getattr(host, field), getattr(dev, field)), field
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .molecules import MoleculeBatch, MoleculeSet
+from .molecules import MoleculeBatch, MoleculeSet, centred
 
 
 class ResidentSet:
@@ -20,14 +20,9 @@ class ResidentSet:
 
     def __init__(self, ds: MoleculeSet, device, dtype=torch.float32):
         self.device = torch.device(device)
-        # centre each molecule in float64 before the cast, as make_batch does per batch (molecules of one size
-        # at a time: the same mean over each molecule's atoms, so the same float32 coordinates)
-        pos = ds.pos.copy()
-        for size in np.unique(ds.n_atoms[ds.n_atoms > 0]):
-            mols = np.flatnonzero(ds.n_atoms == size)
-            atoms = (ds.offsets[mols][:, None] + np.arange(size)).ravel()
-            block = ds.pos[atoms].reshape(len(mols), size, 3)
-            pos[atoms] = (block - block.mean(1, keepdims=True)).reshape(-1, 3)
+        # each molecule centred in float64 before the cast, by make_batch's own helper: the same float32
+        # coordinates as a host batch (once per split; ~1.4 s for 130,000 molecules here)
+        pos = np.concatenate([centred(ds.atoms(i)[1]) for i in range(len(ds))]) if len(ds) else ds.pos
 
         def put(a, dt):
             return torch.as_tensor(np.ascontiguousarray(a)).to(device=self.device, dtype=dt)
