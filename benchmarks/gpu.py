@@ -9,11 +9,13 @@
    gradients. Batches are random QM9 training molecules collated once and kept on the device, so the
    table measures the model, not data loading; the CPU collation rate (one process) is printed beside
    it. Precisions: ``fp32`` (float32 matmuls), ``tf32`` (``torch.set_float32_matmul_precision("high")``),
-   ``bf16`` (``torch.autocast`` bfloat16 around the forward pass). Peak GPU memory per cell.
+   ``bf16`` (``torch.autocast`` bfloat16 around the forward pass). Peak GPU memory per cell. ``--compile``
+   adds each cell at the first ``--layers`` again with the forward pass through ``torch.compile`` (dynamic
+   shapes; compilation untimed), so compiled and eager rates are measured side by side.
 2. A ``time_budget_min``-limited training of ``--preset`` on QM9 HOMO through
    :func:`pairreg.training.run.train` (EGNN split: 100,000 / 17,748 / 13,083; the full test set), with
    its test MAE at the best validation epoch and its end-to-end rate (data loading and validation
-   included).
+   included); ``--data-on-device`` and ``--train-compile`` switch on ``data_on_device`` and ``compile``.
 
 The last line is ``gpu_train_mol_per_s=<best training rate at the first --layers (7), any batch and
 precision>``. ``--quick`` runs the same code paths at toy sizes (2 and 3 layers, hidden 16, batch 8, a
@@ -66,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, help="DataLoader worker processes of that training (default: 4 on a GPU, 0 on a CPU)")
     p.add_argument("--data-on-device", action="store_true",
                    help="that training keeps QM9 on the GPU and builds batches there (data_on_device=true; no workers)")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure every cell at the first --layers with the model's forward pass through torch.compile")
+    p.add_argument("--train-compile", action="store_true", help="the budget training with compile=true")
     p.add_argument("--no-train", action="store_true", help="the table only")
     p.add_argument("--out", default="runs/gpu-bench", help="parent folder of the training's run directory (default %(default)s)")
     p.add_argument("--json", help="also write every number to this JSON file")
@@ -117,18 +122,23 @@ def collate_rate(ds, train_idx, batch: int, repeats: int = 3) -> float:
     return repeats * batch / (time.perf_counter() - start)
 
 
-def measure_cell(cfg, stats, batches, precision: str, args, device) -> dict:
-    """Training and inference molecules/s of one (layers, batch, precision) cell, and its peak GPU memory."""
+def measure_cell(cfg, stats, batches, precision: str, args, device, compiled: bool = False) -> dict:
+    """Training and inference molecules/s of one (layers, batch, precision) cell, and its peak GPU memory.
+
+    ``compiled``: the forward pass through ``torch.compile`` (dynamic shapes, as in ``compile=true``); its
+    compilation happens in the untimed first steps (train and eval mode each compile once).
+    """
     from pairreg.training.losses import total_loss
     from pairreg.training.module import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg, *stats).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    forward = torch.compile(model.forward, dynamic=True) if compiled else model
 
     def train_step(b):
         with autocast(precision, device):
-            y_std, record = model(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)
+            y_std, record = forward(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)
             loss, _ = total_loss(model, y_std, model.to_standard(b.y), record, cfg.energy_loss, cfg.huber_delta,
                                  cfg.energy_weight)
         opt.zero_grad(set_to_none=True)
@@ -139,7 +149,7 @@ def measure_cell(cfg, stats, batches, precision: str, args, device) -> dict:
     @torch.no_grad()
     def infer_step(b):
         with autocast(precision, device):
-            return model(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)[0]
+            return forward(b.z, b.pos, b.batch, b.edge_index, b.num_molecules)[0]
 
     def rate(step) -> float:
         for k in range(args.warmup):
@@ -163,6 +173,7 @@ def measure_cell(cfg, stats, batches, precision: str, args, device) -> dict:
             raise FloatingPointError(f"non-finite training loss {float(loss)}")
         train = rate(train_step)
         model.eval()
+        infer_step(batches[0])  # eval mode compiles again (untimed)
         infer = rate(infer_step)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"train_mol_per_s": train, "infer_mol_per_s": infer, "peak_gpu_memory_GiB": peak}
@@ -184,10 +195,14 @@ def throughput_table(ds, args, device) -> list[dict]:
         batches = [ds.collate(np.sort(p)).to(device) for p in picks]
         for layers in args.layers:
             cfg = load_config(args.preset, [f"n_layers={layers}", f"hidden={args.hidden}", "targets=homo"])
-            for precision in args.precisions:
-                cell = {"layers": layers, "hidden": args.hidden, "batch": batch, "precision": precision}
+            variants = [(p, False) for p in args.precisions]
+            if args.compile and layers == args.layers[0]:
+                variants += [(p, True) for p in args.precisions]
+            for precision, compiled in variants:
+                cell = {"layers": layers, "hidden": args.hidden, "batch": batch, "precision": precision,
+                        "compiled": compiled}
                 try:
-                    cell.update(measure_cell(cfg, stats, batches, precision, args, device))
+                    cell.update(measure_cell(cfg, stats, batches, precision, args, device, compiled))
                 except (RuntimeError, FloatingPointError) as err:  # e.g. out of memory: report it, keep going
                     cell["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
                     if device.type == "cuda":
@@ -203,7 +218,7 @@ TABLE_HEAD = ("| layers × hidden | batch | precision | train mol/s | inference 
 
 
 def format_cell(c: dict) -> str:
-    head = f"| {c['layers']} × {c['hidden']} | {c['batch']} | {c['precision']} |"
+    head = f"| {c['layers']} × {c['hidden']} | {c['batch']} | {c['precision']}{' + compile' if c.get('compiled') else ''} |"
     if "error" in c:
         return f"{head} failed: {c['error']} | | |"
     peak = "n/a (CPU)" if c["peak_gpu_memory_GiB"] is None else f"{c['peak_gpu_memory_GiB']:.2f}"
@@ -220,7 +235,7 @@ def budget_training(ds, args, device) -> dict:
         workers = 0  # batches are built on the device, in the main process
     overrides = [f"time_budget_min={args.budget_min}", f"batch_size={args.train_batch}", "targets=homo",
                  "progress=false", "accelerator=auto", f"num_workers={workers}", f"out={args.out}",
-                 f"data_on_device={str(args.data_on_device).lower()}",
+                 f"data_on_device={str(args.data_on_device).lower()}", f"compile={str(args.train_compile).lower()}",
                  f"name=homo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"]
     if args.train_lr is not None:
         overrides.append(f"lr={args.train_lr}")
@@ -229,12 +244,13 @@ def budget_training(ds, args, device) -> dict:
     cfg = load_config(args.preset, overrides)
     print(f"\nQM9 HOMO training, {args.preset}: {cfg.n_layers} layers × {cfg.hidden}, batch {cfg.batch_size}, "
           f"lr {cfg.lr:g} ({cfg.schedule} over the budget), time_budget_min {cfg.time_budget_min:g}, "
-          f"matmuls {args.train_precision}, num_workers {workers}, data_on_device {cfg.data_on_device}", flush=True)
+          f"matmuls {args.train_precision}, num_workers {workers}, data_on_device {cfg.data_on_device}, "
+          f"compile {cfg.compile}", flush=True)
     with matmul_precision(args.train_precision):
         summary = train(cfg, dataset=ds)
     result = {"settings": {k: getattr(cfg, k) for k in ("preset", "n_layers", "hidden", "mitigation", "batch_size", "lr",
                                                         "schedule", "time_budget_min", "epochs", "num_workers",
-                                                        "data_on_device")},
+                                                        "data_on_device", "compile")},
               "matmul_precision": args.train_precision, "summary": summary}
     step = load_checkpoint(summary["run_dir"], "last").get("global_step")
     if step and summary.get("training_time_s"):
@@ -294,7 +310,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     if best is not None:
         print(f"\nbest training rate at {best['layers']} layers × {best['hidden']}: batch {best['batch']}, "
-              f"{best['precision']}, on {name}")
+              f"{best['precision']}{' + compile' if best['compiled'] else ''}, on {name}")
     print(f"gpu_train_mol_per_s={best['train_mol_per_s']:.0f}" if best else f"gpu_train_mol_per_s={math.nan}")
     return 0 if best is not None else 1
 

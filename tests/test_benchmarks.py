@@ -115,18 +115,22 @@ def _savez(path, **arrays):
     return path
 
 
+def _gpu_quick(tmp_path, *extra) -> dict:
+    """benchmarks/gpu.py --quick on a compact file of the QM9 sample; its JSON."""
+    compact, gpu = _load("make_qm9_compact"), _load("gpu")
+    npz, result = tmp_path / "qm9.npz", tmp_path / "gpu.json"
+    assert compact.main(["--out", str(npz)]) == 0
+    assert gpu.main(["--quick", "--qm9-npz", str(npz), "--out", str(tmp_path / "runs"), "--json", str(result),
+                     *extra]) == 0
+    return json.loads(result.read_text())
+
+
 @pytest.mark.slow
 def test_gpu_quick_runs_every_cell_and_the_budget_training(qm9_sample_env, tmp_path, capsys):
-    compact, gpu = _load("make_qm9_compact"), _load("gpu")
-    npz = tmp_path / "qm9.npz"
-    assert compact.main(["--out", str(npz)]) == 0
-    result = tmp_path / "gpu.json"
     # the device-resident data path (the default DataLoader path is what every other training test runs)
-    assert gpu.main(["--quick", "--qm9-npz", str(npz), "--out", str(tmp_path / "runs"), "--json", str(result),
-                     "--data-on-device"]) == 0
+    data = _gpu_quick(tmp_path, "--data-on-device")
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"gpu_train_mol_per_s=\d+", lines[-1]), lines[-1]
-    data = json.loads(result.read_text())
     cells = data["cells"]
     assert [(c["layers"], c["batch"], c["precision"]) for c in cells] == [
         (layers, 8, p) for layers in (2, 3) for p in ("fp32", "tf32", "bf16")]
@@ -138,6 +142,25 @@ def test_gpu_quick_runs_every_cell_and_the_budget_training(qm9_sample_env, tmp_p
     assert np.isfinite(summary["test"]["test/homo_mae_meV"])
     assert data["training"]["optimizer_steps"] >= 1
     assert data["training"]["settings"]["data_on_device"] is True and data["training"]["settings"]["num_workers"] == 0
+
+
+@pytest.mark.slow  # two torch.compile runs of a toy model: about a minute on a CPU
+def test_gpu_quick_measures_compiled_cells_beside_eager_ones_and_trains_compiled(qm9_sample_env, tmp_path, capsys):
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    data = _gpu_quick(tmp_path, "--layers", "2", "3", "--precisions", "fp32", "--compile", "--train-compile")
+    out = capsys.readouterr().out
+    assert counters["stats"]["unique_graphs"] >= 2  # the compiled cell and the training went through torch.compile
+    # compiled cells only at the headline depth, each beside its eager twin
+    assert [(c["layers"], c["precision"], c["compiled"]) for c in data["cells"]] == [
+        (2, "fp32", False), (2, "fp32", True), (3, "fp32", False)]
+    assert not [c for c in data["cells"] if "error" in c], data["cells"]
+    assert "| 2 × 16 | 8 | fp32 + compile |" in out
+    assert data["training"]["settings"]["compile"] is True and "compile True" in out
+    assert np.isfinite(data["training"]["summary"]["test"]["test/homo_mae_meV"])
 
 
 def test_gpu_without_a_gpu_needs_quick(monkeypatch, capsys):

@@ -122,6 +122,7 @@ class Config:
     threads: typing.Optional[int] = None  # torch intra-op threads on CPU (None: torch's default)
     num_workers: int = 0
     data_on_device: bool = False  # keep each split on the training device and build batches there (GPU; num_workers 0)
+    compile: bool = False  # torch.compile the model's forward pass (dynamic shapes); property training only (no forces)
     progress: bool = True
     logger: str = "csv"  # csv: logs/metrics.csv | tensorboard: also TensorBoard event files in logs/tensorboard/
     eval_test: bool = True  # test the best-validation checkpoint at the end
@@ -478,6 +479,10 @@ def validate(cfg: Config) -> Config:
     if cfg.data_on_device and cfg.num_workers:
         raise ConfigError(f"data_on_device=true builds batches on the training device in the main process; "
                           f"set num_workers=0 (got {cfg.num_workers})")
+    if cfg.compile and cfg.force_weight > 0:
+        raise ConfigError(f"compile=true: force training differentiates the forces again (double backward), which "
+                          f"torch.compile does not support; set force_weight=0 or compile=false "
+                          f"(force_weight={cfg.force_weight})")
     for key in ("weight_decay", "warmup_epochs", "lr_min", "num_workers", "n_rbf"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")

@@ -67,6 +67,9 @@ class PropertyModule(L.LightningModule):
             from .finetune import freeze_layers
 
             freeze_layers(self.model, cfg.freeze_layers)
+        # a compiled function, not a module attribute, so the state dict keeps only ``model.*`` (checkpoints
+        # load either way); Lightning's weight averaging swaps values into the same parameters, which it reads
+        self.compiled_forward = torch.compile(self.model.forward, dynamic=True) if cfg.compile else None
         self.lr_scale = 1.0  # lowered by plateaus and the divergence guard (callbacks.LrControl); checkpointed
         self.budget = WallBudget(cfg.time_budget_min) if cfg.time_budget_min else None
         self.total_steps = 1
@@ -85,6 +88,8 @@ class PropertyModule(L.LightningModule):
         return cfg.energy_weight
 
     def forward(self, batch):
+        if self.compiled_forward is not None:
+            return self.compiled_forward(batch.z, batch.pos, batch.batch, batch.edge_index, batch.num_molecules)
         return self.model(batch.z, batch.pos, batch.batch, batch.edge_index, batch.num_molecules)
 
     def _energy_forces(self, batch, create_graph: bool):

@@ -32,8 +32,8 @@ from .module import FORCE_NAME, PropertyModule, metric_name
 
 RUN_DIR_ENV = "PAIRREG_RUN_DIR"  # set for the worker processes Lightning's DDP launcher starts
 # keys that may differ when resuming (they change where or how fast, not what is computed)
-RESUME_OVERRIDABLE = ("progress", "threads", "num_workers", "data_on_device", "accelerator", "devices", "strategy",
-                      "num_nodes")
+RESUME_OVERRIDABLE = ("progress", "threads", "num_workers", "data_on_device", "compile", "accelerator", "devices",
+                      "strategy", "num_nodes")
 
 
 def launcher_rank_zero() -> bool:
