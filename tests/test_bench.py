@@ -444,7 +444,31 @@ def test_compare_table_gives_means_difference_and_p_per_target(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "| test homo MAE (meV) | 180.5 ± 0.7 | 205.0 ± 7.1 | +24.5 |" in out and "| none, 12 layers |" in out
     assert main(["bench", "depth", "--out", str(tmp_path), "--compare", "none@nine", "none"]) == 2
-    assert "depth after @ must be a number" in capsys.readouterr().err
+    assert "number after @ must be a depth" in capsys.readouterr().err
+
+
+def test_budget_check_with_only_its_b_cells_reports_no_verdict_and_compares_by_budget(tmp_path, capsys):
+    """Cells of B only (3 B not run, or run in another folder): the 3 B column stays empty and the verdict "–",
+    never B against itself; --compare labels the column as a budget, not a depth."""
+    (tmp_path / "cells").mkdir()
+    for group, energy, forces in [("none", 8.0, 27.0), ("residual", 4.0, 16.0)]:
+        for seed in (0, 1):
+            cell = f"{group}-30min-s{seed}"
+            (tmp_path / "cells" / f"{cell}.json").write_text(json.dumps(
+                {"cell": cell, "group": group, "x": 30.0, "seed": seed,
+                 "test": {"test/energy_mae_meV": energy + seed, "test/forces_mae_meV_per_Angstrom": forces + seed}}))
+    args = ["bench", "budget-check", "--preset", "budget", "--molecule", "ethanol", "--out", str(tmp_path),
+            "--seeds", "2", "--set", "time_budget_min=30"]
+    assert main([*args, "--cells", "none-30min-s0", "none-30min-s1", "residual-30min-s0", "residual-30min-s1",
+                 "--report"]) == 0
+    table = capsys.readouterr().out
+    assert "test energy (meV), 30 min | 90 min | ratio 30 / 90 |" in table
+    none = next(line for line in table.splitlines() if line.startswith("| plain EGCL stack"))
+    assert none.endswith("| 8.500 ± 0.707 | – | – | 27.5 ± 0.7 | – | – | – |"), none
+    assert main([*args, "--compare", "none", "residual"]) == 0
+    out = capsys.readouterr().out
+    assert "| target | budget | none | residual |" in out
+    assert "| test forces MAE (meV/Å) | 30 min | 27.5 ± 0.7 | 16.5 ± 0.7 | -11.0 |" in out
 
 
 @pytest.mark.slow

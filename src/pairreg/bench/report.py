@@ -187,8 +187,11 @@ def welch_p(a, b) -> float:
 
 
 def compare_table(results: list[dict], a: str, b: str, split: str = "test",
-                  depth_a: int | None = None, depth_b: int | None = None) -> str:
+                  depth_a: int | None = None, depth_b: int | None = None, column: str = "depth",
+                  column_label=layers) -> str:
     """Row ``b`` against row ``a`` for every target, at every depth both have (depth studies).
+
+    ``column`` / ``column_label``: what the cells' x is and how one prints (budget-check: "budget", "30 min").
 
     With ``depth_a``/``depth_b`` (one given: both the same) it compares those two cells of the
     grid instead, e.g. EGNN at 9 layers against EGNN at 12. The evidence behind a verdict: both
@@ -199,12 +202,12 @@ def compare_table(results: list[dict], a: str, b: str, split: str = "test",
     if depth_a is not None or depth_b is not None:
         depth_a, depth_b = (depth_a if depth_a is not None else depth_b), (depth_b if depth_b is not None else depth_a)
         pairs, by_depth = [(depth_a, depth_b)], False
-        label_a, label_b = f"{a}, {layers(depth_a)}", f"{b}, {layers(depth_b)}"
+        label_a, label_b = f"{a}, {column_label(depth_a)}", f"{b}, {column_label(depth_b)}"
     else:
         xs = sorted({r["x"] for r in results if r["group"] in (a, b)}, key=lambda x: -1 if x is None else x)
         pairs, by_depth = [(x, x) for x in xs], any(x is not None for x in xs)
         label_a, label_b = a, b
-    head = ["target"] + (["depth"] if by_depth else []) + [label_a, label_b, f"{label_b} − {label_a}", "Welch p", "seeds"]
+    head = ["target"] + ([column] if by_depth else []) + [label_a, label_b, f"{label_b} − {label_a}", "Welch p", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for name in names:
         unit = units[name]
@@ -215,7 +218,7 @@ def compare_table(results: list[dict], a: str, b: str, split: str = "test",
             if not (na and nb):
                 continue
             p = welch_p(va, vb)
-            row = [f"{split} {name} MAE ({pretty_unit(unit)})"] + ([layers(xa)] if by_depth else [])
+            row = [f"{split} {name} MAE ({pretty_unit(unit)})"] + ([column_label(xa)] if by_depth else [])
             row += [fmt(ma, sa, na), fmt(mb, sb, nb), _signed(mb - ma),
                     "–" if math.isnan(p) else f"{p:.2g}", f"{na} vs {nb}"]
             lines.append("| " + " | ".join(row) + " |")
@@ -249,7 +252,7 @@ def study_tables(study: Study, results: list[dict], extra: list[str] | None = No
     if study.name == "ablation":
         return head + "\n\n" + variant_table(results, planned_groups)
     if study.name == "budget-check":
-        budgets = sorted({c.x for c in study.cells})
+        budgets = list(study.columns)  # B and 3 B even when --cells ran only one of them
         return head + "\n\n" + budget_check_table(results, planned_groups, budgets, unit=budget_unit(study))
     if study.name in ("backbones", "backbones-qm9"):
         return head + "\n\n" + variant_table(results, planned_groups) + "\n\n" + published_table(study)

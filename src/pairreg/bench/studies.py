@@ -92,6 +92,8 @@ class Study:
     cells: list[Cell] = field(default_factory=list)
     dataset: str = "rmd17"
     targets: tuple[str, ...] = ("energy",)
+    # budget-check's columns as designed (B, 3 B): the table keeps both when --only / --cells narrow the cells
+    columns: tuple = ()
 
     def rows(self) -> list[str]:
         """The study's table rows (mitigations or variants), in grid order."""
@@ -276,6 +278,7 @@ def budget_check_study(preset: str, seeds: int | None = None, molecule: str = "a
         study = Study("budget-check", preset, base, [*base_overrides, f"n_layers={BUDGET_ABLATION_LAYERS}",
                                                      f"time_budget_min={budget:g}"])
         budgets = [(m, f"{m:g}min", f"time_budget_min={m:g}") for m in (budget, BUDGET_CHECK_FACTOR * budget)]
+    study.columns = tuple(x for x, _, _ in budgets)
     for x, name, override in budgets:
         for mitigation in BUDGET_CHECK_ROWS:
             for seed in _seeds(1, seeds):

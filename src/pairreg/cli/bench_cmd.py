@@ -51,7 +51,7 @@ def run(args) -> int:
 
     from ..bench.report import compare_table, write_report
     from ..bench.runner import cell_file, describe_cell, load_results, run_study
-    from ..bench.studies import build_study, cell_keys
+    from ..bench.studies import budget_unit, build_study, cell_keys
     from ..config import parse_overrides
 
     extra = list(args.set)
@@ -78,8 +78,12 @@ def run(args) -> int:
     if args.compare:
         (a, depth_a), (b, depth_b) = (_row_at_depth(name) for name in args.compare)
         a, b = study.resolve([a, b], "--compare")
+        columns = {}
+        if study.name == "budget-check":  # its columns are budgets, not depths
+            unit = budget_unit(study)
+            columns = {"column": "budget", "column_label": lambda x: f"{x:g} {unit}"}
         print(compare_table([r for r in load_results(out) if r["cell"] in keys], a, b,
-                            depth_a=depth_a, depth_b=depth_b))
+                            depth_a=depth_a, depth_b=depth_b, **columns))
         return 0
     results = load_results(out) if args.report else run_study(study, out, extra, reuse=args.reuse)
     results = [r for r in results if r["cell"] in keys]
@@ -119,5 +123,6 @@ def _row_at_depth(name: str) -> tuple[str, int | None]:
     """``none@12`` → ("none", 12); ``coord-only`` → ("coord-only", None)."""
     row, at, depth = name.rpartition("@") if "@" in name else (name, "", "")
     if at and not depth.isdigit():
-        raise ValueError(f"--compare {name}: the depth after @ must be a number of layers, e.g. none@12")
+        raise ValueError(f"--compare {name}: the number after @ must be a depth in layers (e.g. none@12) or, "
+                         f"in budget-check, a budget (e.g. none@90)")
     return row, int(depth) if at else None
