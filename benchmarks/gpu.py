@@ -129,12 +129,12 @@ def measure_cell(cfg, stats, batches, precision: str, args, device, compiled: bo
     compilation happens in the untimed first steps (train and eval mode each compile once).
     """
     from pairreg.training.losses import total_loss
-    from pairreg.training.module import build_model
+    from pairreg.training.module import build_model, compiled_forward
 
     torch.manual_seed(0)
     model = build_model(cfg, *stats).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    forward = torch.compile(model.forward, dynamic=True) if compiled else model
+    forward = compiled_forward(model) if compiled else model
 
     def train_step(b):
         with autocast(precision, device):
@@ -217,8 +217,13 @@ TABLE_HEAD = ("| layers × hidden | batch | precision | train mol/s | inference 
               "|---|---|---|---|---|---|")
 
 
+def setting(c: dict) -> str:
+    """A cell's precision, and whether it was compiled: ``tf32``, ``tf32 + compile``."""
+    return f"{c['precision']}{' + compile' if c.get('compiled') else ''}"
+
+
 def format_cell(c: dict) -> str:
-    head = f"| {c['layers']} × {c['hidden']} | {c['batch']} | {c['precision']}{' + compile' if c.get('compiled') else ''} |"
+    head = f"| {c['layers']} × {c['hidden']} | {c['batch']} | {setting(c)} |"
     if "error" in c:
         return f"{head} failed: {c['error']} | | |"
     peak = "n/a (CPU)" if c["peak_gpu_memory_GiB"] is None else f"{c['peak_gpu_memory_GiB']:.2f}"
@@ -310,7 +315,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     if best is not None:
         print(f"\nbest training rate at {best['layers']} layers × {best['hidden']}: batch {best['batch']}, "
-              f"{best['precision']}{' + compile' if best['compiled'] else ''}, on {name}")
+              f"{setting(best)}, on {name}")
     print(f"gpu_train_mol_per_s={best['train_mol_per_s']:.0f}" if best else f"gpu_train_mol_per_s={math.nan}")
     return 0 if best is not None else 1
 

@@ -469,6 +469,10 @@ def test_budget_check_with_only_its_b_cells_reports_no_verdict_and_compares_by_b
     out = capsys.readouterr().out
     assert "| target | budget | none | residual |" in out
     assert "| test forces MAE (meV/Å) | 30 min | 27.5 ± 0.7 | 16.5 ± 0.7 | -11.0 |" in out
+    # every budget label (tables, --compare, progress lines) writes step counts out in full
+    from pairreg.bench.studies import budget_amount
+
+    assert budget_amount(1234567, "steps") == "1234567" and budget_amount(7.5, "min") == "7.5"
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 from ..atomic import write_atomic
 from ..training.module import FORCE_NAME, metric_name, parse_metric_name
 from .runner import finite, saved_overrides, seed_stats
-from .studies import Study, budget_unit, layers, row_label
+from .studies import Study, budget_amount, budget_unit, layers, row_label
 
 MITIGATION_ORDER = ("none", "residual", "pairreg", "pairnorm", "g2")
 
@@ -124,7 +124,7 @@ def budget_check_table(results: list[dict], groups: list[str], budgets: list[flo
     from .studies import BUDGET_CHECK_TOLERANCE
 
     lo, hi = min(budgets), max(budgets)
-    short, long_ = (f"{b:g}" if unit == "min" else str(b) for b in (lo, hi))
+    short, long_ = (budget_amount(b, unit) for b in (lo, hi))
     units = _units(results)
     names = _target_order(units)
     head = ["row"]

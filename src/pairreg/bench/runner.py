@@ -25,7 +25,7 @@ import torch
 from ..atomic import write_atomic
 from ..config import ConfigError, load_config
 from ..training.run import RESUME_OVERRIDABLE, resume_config, train
-from .studies import Cell, Study, layers
+from .studies import Cell, Study, budget_amount, layers
 
 PROBE_MOLECULES = 100  # first test molecules/frames on which per-layer oversmoothing measures are taken
 
@@ -163,7 +163,8 @@ def describe_cell(cell: Cell) -> str:
     if cell.x is None:
         where = ""
     elif budget is not None:  # budget-check's columns
-        where = f", {cell.x} steps" if budget == "step_budget" else f", {cell.x:g} min"
+        unit = "steps" if budget == "step_budget" else "min"
+        where = f", {budget_amount(cell.x, unit)} {unit}"
     else:
         where = f", {layers(cell.x)}" if isinstance(cell.x, int) else f", {cell.x}"
     return f"{cell.group}{where}, seed {cell.seed}"

@@ -293,6 +293,12 @@ def budget_unit(study: Study) -> str:
     return "steps" if any(o.startswith("step_budget=") for o in study.base_overrides) else "min"
 
 
+def budget_amount(x, unit: str) -> str:
+    """A budget-check column's number as tables print it: minutes as given (``30``, ``7.5``), optimiser steps
+    written out (``38134``, never ``3.8e+04``)."""
+    return f"{x:g}" if unit == "min" else str(x)
+
+
 def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
     """cpu: one multi-target model per (mitigation, seed) on 4 targets; paper: one model per target (as EGNN)."""
     mitigations = ("none", "residual", "pairnorm", "g2", "pairreg")

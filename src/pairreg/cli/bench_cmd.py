@@ -51,7 +51,7 @@ def run(args) -> int:
 
     from ..bench.report import compare_table, write_report
     from ..bench.runner import cell_file, describe_cell, load_results, run_study
-    from ..bench.studies import budget_unit, build_study, cell_keys
+    from ..bench.studies import budget_amount, budget_unit, build_study, cell_keys
     from ..config import parse_overrides
 
     extra = list(args.set)
@@ -81,7 +81,7 @@ def run(args) -> int:
         columns = {}
         if study.name == "budget-check":  # its columns are budgets, not depths
             unit = budget_unit(study)
-            columns = {"column": "budget", "column_label": lambda x: f"{x:g} {unit}"}
+            columns = {"column": "budget", "column_label": lambda x: f"{budget_amount(x, unit)} {unit}"}
         print(compare_table([r for r in load_results(out) if r["cell"] in keys], a, b,
                             depth_a=depth_a, depth_b=depth_b, **columns))
         return 0

@@ -31,6 +31,13 @@ def parse_metric_name(key: str) -> tuple[str, str, str] | None:
     return split, target, unit.replace("_per_", "/")
 
 
+def compiled_forward(model: torch.nn.Module):
+    """``model``'s forward pass through ``torch.compile`` (dynamic shapes: every batch has other atom and edge
+    counts), as ``compile=true`` trains and ``benchmarks/gpu.py --compile`` measures it. A function, not a
+    module, so a holder's state dict does not gain the compiled wrapper's keys."""
+    return torch.compile(model.forward, dynamic=True)
+
+
 def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     """Adam or AdamW, fused into one kernel per step where PyTorch has one (CPU and CUDA, float weights).
 
@@ -67,9 +74,9 @@ class PropertyModule(L.LightningModule):
             from .finetune import freeze_layers
 
             freeze_layers(self.model, cfg.freeze_layers)
-        # a compiled function, not a module attribute, so the state dict keeps only ``model.*`` (checkpoints
-        # load either way); Lightning's weight averaging swaps values into the same parameters, which it reads
-        self.compiled_forward = torch.compile(self.model.forward, dynamic=True) if cfg.compile else None
+        # the state dict keeps only ``model.*`` (checkpoints load either way); Lightning's weight averaging
+        # swaps values into the same parameters, which the compiled function reads
+        self.compiled_forward = compiled_forward(self.model) if cfg.compile else None
         self.lr_scale = 1.0  # lowered by plateaus and the divergence guard (callbacks.LrControl); checkpointed
         self.budget = WallBudget(cfg.time_budget_min) if cfg.time_budget_min else None
         self.total_steps = 1
