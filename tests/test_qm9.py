@@ -71,9 +71,13 @@ def test_egnn_split_sizes_disjoint_and_deterministic():
     assert not np.array_equal(a["test"], c["test"])
 
 
+def _sample_cache(env):
+    return qm9.cache_path(env / "cache", qm9._fingerprint(qm9._csv_files(QM9_SAMPLE)))
+
+
 def test_cache_is_reused(qm9_sample_env):
     qm9.load_qm9_arrays(verbose=False)
-    cache = qm9_sample_env / "cache" / "qm9.npz"
+    cache = _sample_cache(qm9_sample_env)
     mtime = cache.stat().st_mtime_ns
     qm9.load_qm9_arrays(verbose=False)
     assert cache.stat().st_mtime_ns == mtime
@@ -81,7 +85,7 @@ def test_cache_is_reused(qm9_sample_env):
 
 def test_corrupt_cache_is_rebuilt(qm9_sample_env):
     first = qm9.load_qm9_arrays(verbose=False)
-    cache = qm9_sample_env / "cache" / "qm9.npz"
+    cache = _sample_cache(qm9_sample_env)
     cache.write_bytes(cache.read_bytes()[:1000])  # truncated file
     again = qm9.load_qm9_arrays(verbose=False)
     np.testing.assert_array_equal(first["pos"], again["pos"])
@@ -103,9 +107,26 @@ def test_stale_cache_is_rebuilt(qm9_sample_env, tmp_path):
     assert len(b["n_atoms"]) == len(a["n_atoms"]) - 1
 
 
+def test_two_installs_keep_a_cache_each(qm9_sample_env, tmp_path):
+    """Two copies of the source files (two venvs' qm9pack) must not re-parse over each other's cache."""
+    copy = tmp_path / "other_install"
+    copy.mkdir()
+    for f in QM9_SAMPLE.glob("*.csv"):
+        (copy / f.name).write_text(f.read_text())
+        os.utime(copy / f.name, (time.time() + 100, time.time() + 100))  # installed later
+    qm9.load_qm9_arrays(verbose=False)
+    qm9.load_qm9_arrays(source_dir=copy, verbose=False)
+    caches = sorted((qm9_sample_env / "cache").glob("qm9-*.npz"))
+    assert len(caches) == 2
+    stamps = {c: c.stat().st_mtime_ns for c in caches}
+    qm9.load_qm9_arrays(verbose=False)  # back to the first install: its cache is still there
+    qm9.load_qm9_arrays(source_dir=copy, verbose=False)
+    assert {c: c.stat().st_mtime_ns for c in caches} == stamps
+
+
 def test_old_format_version_is_rebuilt(qm9_sample_env):
     data = qm9.load_qm9_arrays(verbose=False)
-    cache = qm9_sample_env / "cache" / "qm9.npz"
+    cache = _sample_cache(qm9_sample_env)
     data = dict(data)
     data["format_version"] = np.array(qm9.CACHE_FORMAT_VERSION - 1)
     qm9._write_npz_atomic(cache, data)

@@ -14,8 +14,10 @@ the same numbers). They are subtracted in native units, then converted once thro
 :mod:`pairreg.units`.
 
 Parsing the 225 MB of CSV takes ~40 s; the result is cached as an ``.npz`` written atomically
-with a format version and a fingerprint of the source files. A stale or unreadable cache is
-rebuilt, never used.
+with a format version and a fingerprint of the source files (names, sizes, modification times).
+The fingerprint is part of the cache's file name, so two installs of ``qm9pack`` (two virtual
+environments, say) keep a cache each instead of re-parsing over each other's. A stale or
+unreadable cache is rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -111,6 +113,11 @@ def _fingerprint(files) -> str:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
+
+
+def cache_path(cache_dir, fingerprint: str) -> Path:
+    """Where the parsed arrays of the source files with ``fingerprint`` are cached."""
+    return Path(cache_dir or default_cache_dir()) / f"qm9-{fingerprint}.npz"
 
 
 def _floats(text: str) -> list[float]:
@@ -215,7 +222,7 @@ def load_qm9_arrays(cache_dir: Path | None = None, source_dir: Path | None = Non
         if not f.exists():
             raise QM9Error(f"QM9 source file {f} is missing")
     fingerprint = _fingerprint(files)
-    cache = Path(cache_dir or default_cache_dir()) / "qm9.npz"
+    cache = cache_path(cache_dir, fingerprint)
     data = _read_cache(cache, fingerprint)
     if data is None:
         if verbose:
@@ -224,6 +231,7 @@ def load_qm9_arrays(cache_dir: Path | None = None, source_dir: Path | None = Non
         data["format_version"] = np.array(CACHE_FORMAT_VERSION)
         data["fingerprint"] = np.array(fingerprint)
         _write_npz_atomic(cache, data)
+        (cache.parent / "qm9.npz").unlink(missing_ok=True)  # the single cache of versions before 2026-11-29
     return data
 
 
