@@ -469,6 +469,19 @@ def test_budget_check_with_only_its_b_cells_reports_no_verdict_and_compares_by_b
     out = capsys.readouterr().out
     assert "| target | budget | none | residual |" in out
     assert "| test forces MAE (meV/Å) | 30 min | 27.5 ± 0.7 | 16.5 ± 0.7 | -11.0 |" in out
+    # a fractional budget after @ (B = 7.5 minutes: columns 7.5 and 22.5)
+    for seed in (0, 1):
+        for minutes, forces in ((7.5, 40.0), (22.5, 30.0)):
+            cell = f"none-{minutes:g}min-s{seed}"
+            (tmp_path / "cells" / f"{cell}.json").write_text(json.dumps(
+                {"cell": cell, "group": "none", "x": minutes, "seed": seed,
+                 "test": {"test/energy_mae_meV": 9.0, "test/forces_mae_meV_per_Angstrom": forces + seed}}))
+    frac = [*args[:-1], "time_budget_min=7.5", "--compare", "none@7.5", "none@22.5"]
+    assert main(frac) == 0
+    out = capsys.readouterr().out
+    assert "| none, 7.5 min | none, 22.5 min |" in out and "| 40.5 ± 0.7 | 30.5 ± 0.7 | -10.0 |" in out
+    assert main([*frac[:-2], "none@-3", "none"]) == 2
+    assert "number after @ must be a depth" in capsys.readouterr().err
     # every budget label (tables, --compare, progress lines) writes step counts out in full
     from pairreg.bench.studies import budget_amount
 

@@ -8,6 +8,7 @@ rewrites the table and plots from the cells finished so far; ``--list`` prints t
 
 from __future__ import annotations
 
+import math
 import sys
 
 
@@ -119,10 +120,17 @@ def _take_budget(overrides: list[str]) -> tuple[float | None, int | None, list[s
     return minutes, steps, rest
 
 
-def _row_at_depth(name: str) -> tuple[str, int | None]:
-    """``none@12`` → ("none", 12); ``coord-only`` → ("coord-only", None)."""
-    row, at, depth = name.rpartition("@") if "@" in name else (name, "", "")
-    if at and not depth.isdigit():
+def _row_at_depth(name: str) -> tuple[str, float | None]:
+    """``none@12`` → ("none", 12); ``none@7.5`` (a budget-check column in minutes) → ("none", 7.5);
+    ``coord-only`` → ("coord-only", None)."""
+    row, at, where = name.rpartition("@") if "@" in name else (name, "", "")
+    if not at:
+        return row, None
+    try:
+        x = float(where)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
         raise ValueError(f"--compare {name}: the number after @ must be a depth in layers (e.g. none@12) or, "
-                         f"in budget-check, a budget (e.g. none@90)")
-    return row, int(depth) if at else None
+                         f"in budget-check, a budget (e.g. none@90 or none@7.5)")
+    return row, int(x) if x.is_integer() else x
