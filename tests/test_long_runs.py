@@ -123,6 +123,36 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     assert not (run / "metrics.json").exists()
 
 
+# Loaded by every process of the run below (PYTHONPATH): the second DDP process's budget clock runs 1,000 times
+# fast, so by its own clock it is out of budget after its first batch.
+FAST_CLOCK_ON_RANK_1 = """
+import os
+if os.environ.get("LOCAL_RANK") == "1":
+    from pairreg.training import schedules
+    real = schedules.clock
+    schedules.clock = lambda: 1000.0 * real()
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_stops_both_ranks_on_rank_0s_wall_budget(tmp_path):
+    """time_budget_min with two processes: each rank on its own clock would stop at a different batch and leave
+    the other in an all-reduce forever (here: rank 1 after one batch). Both must follow rank 0's budget."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(FAST_CLOCK_ON_RANK_1)
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hooks), env.get("PYTHONPATH")) if p)
+    res = subprocess.run([*PAIRREG, "train", "--out", str(tmp_path), "--set", *TINY, "name=ddp-budget", "epochs=1000",
+                          "time_budget_min=0.05", "batch_size=4", "subset_val=2", "devices=2", "strategy=ddp",
+                          "accelerator=cpu"], capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp-budget" / "metrics.json").read_text())
+    assert summary["stopped_by"] == "time_budget_min"
+    # rank 0 trained well past the batch where rank 1's own clock ran out (one epoch here is a few batches)
+    assert summary["epochs_run"] >= 2, summary
+
+
 @pytest.mark.slow
 def test_two_process_ddp_reduces_metrics_and_checkpoint_reloads(tmp_path):
     # 2 val and 20 test frames: equal shards, so the reduced MAE equals the single-process MAE exactly

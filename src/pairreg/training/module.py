@@ -79,13 +79,23 @@ class PropertyModule(L.LightningModule):
         self.compiled_forward = compiled_forward(self.model) if cfg.compile else None
         self.lr_scale = 1.0  # lowered by plateaus and the divergence guard (callbacks.LrControl); checkpointed
         self.budget = WallBudget(cfg.time_budget_min) if cfg.time_budget_min else None
+        self.shared_budget_progress = None  # several processes: rank 0's budget fraction (share_budget)
         self.total_steps = 1
 
     def progress(self) -> float:
         """Fraction of the run done: of the time budget, or of the planned optimiser steps."""
         if self.budget is not None:
+            if self.shared_budget_progress is not None:
+                return self.shared_budget_progress
             return self.budget.progress()
         return min(1.0, self.global_step / self.total_steps)
+
+    def share_budget(self) -> None:
+        """With several processes (DDP), every rank reads rank 0's wall budget. Each rank's own clock would give
+        the ranks slightly different learning rates (their weights drift apart) and could let one rank stop a
+        batch before the others, which then wait for it in an all-reduce forever. One process: the live clock."""
+        if self.budget is not None and self.trainer.world_size > 1:
+            self.shared_budget_progress = float(self.trainer.strategy.broadcast(self.budget.progress(), src=0))
 
     def energy_weight(self) -> float:
         """The energy term's weight now: ``energy_weight``, or ``stage2_energy_weight`` from ``stage2_frac`` on."""
@@ -161,7 +171,7 @@ class PropertyModule(L.LightningModule):
         total = self.total_steps = cfg.step_budget or max(1, int(self.trainer.estimated_stepping_batches))
         if self.budget is not None:  # warm-up and decay on the fraction of the time budget spent
             def factor(step):
-                return lr_factor_at(self.budget.progress(), cfg.warmup_frac, cfg.schedule, cfg.lr, cfg.lr_min)
+                return lr_factor_at(self.progress(), cfg.warmup_frac, cfg.schedule, cfg.lr, cfg.lr_min)
         else:
             warmup = int(round(cfg.warmup_epochs / cfg.epochs * total)) if cfg.schedule == "warmup-cosine" else 0
             warmup = warmup or int(round(cfg.warmup_frac * total))
@@ -193,6 +203,7 @@ class PropertyModule(L.LightningModule):
         }
 
     def on_train_epoch_start(self):
+        self.share_budget()
         if self.out_of_budget():  # spent during the last validation, or before a resume
             self.trainer.should_stop = True
         # noise drawn in training (coord_noise) becomes a function of (seed, epoch): exact after resume
@@ -210,9 +221,10 @@ class PropertyModule(L.LightningModule):
 
     def out_of_budget(self) -> bool:
         """The wall budget or the step budget is spent."""
-        return (self.budget is not None and self.budget.exhausted()) or self.steps_exhausted()
+        return (self.budget is not None and self.progress() >= 1.0) or self.steps_exhausted()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.share_budget()
         if self.out_of_budget():
             self.trainer.should_stop = True  # Lightning still validates this last (partial) epoch
 
