@@ -611,7 +611,7 @@ def report(args, header: dict, with_plot: bool = True) -> str:
     write_atomic(args.out / "table.md", table)
     if cells and with_plot:
         plot(cells, args.out / "mae_vs_time.png",
-             f"rMD17 official-1, {header['machine']['cpus_usable']} CPUs, {header['threads']} threads per model")
+             f"rMD17 official-1, {header['machine']['cpus_usable']} CPUs, {header['threads']} thread{'s' if header['threads'] != 1 else ''} per model")
     return table
 
 
