@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,6 +152,21 @@ def test_two_process_ddp_stops_both_ranks_on_rank_0s_wall_budget(tmp_path):
     assert summary["stopped_by"] == "time_budget_min"
     # rank 0 trained well past the batch where rank 1's own clock ran out (one epoch here is a few batches)
     assert summary["epochs_run"] >= 2, summary
+
+
+@pytest.mark.slow
+def test_two_process_ddp_shards_batches_built_on_the_device(tmp_path):
+    """data_on_device with two processes: each rank batches only its half of the training set (Lightning's
+    DistributedSampler over the resident set's indices), so an epoch is half the steps of one process's."""
+    res = _train(tmp_path, "ddp-resident", "epochs=2", "batch_size=4", "subset_val=2", "devices=2", "strategy=ddp",
+                 "accelerator=cpu", "data_on_device=true", timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp-resident" / "metrics.json").read_text())
+    with np.load(tmp_path / "ddp-resident" / "split.npz") as split:
+        n_train = len(split["train"])
+    per_rank_steps = -(-(-(-n_train // 2)) // 4)  # ceil(ceil(n / 2) / 4)
+    assert per_rank_steps < -(-n_train // 4)  # sharding makes a difference on this fixture
+    assert summary["optimizer_steps"] == 2 * per_rank_steps, (summary["optimizer_steps"], n_train)
 
 
 @pytest.mark.slow
