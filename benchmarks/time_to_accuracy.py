@@ -610,8 +610,9 @@ def report(args, header: dict, with_plot: bool = True) -> str:
     make_dirs(args.out)
     write_atomic(args.out / "table.md", table)
     if cells and with_plot:
+        threads = f"{header['threads']} thread{'s' if header['threads'] != 1 else ''}"
         plot(cells, args.out / "mae_vs_time.png",
-             f"rMD17 official-1, {header['machine']['cpus_usable']} CPUs, {header['threads']} thread{'s' if header['threads'] != 1 else ''} per model")
+             f"rMD17 official-1, {header['machine']['cpus_usable']} CPUs, {threads} per model")
     return table
 
 

@@ -7,6 +7,7 @@ Uses the rMD17 fixture (tests/fixtures/rmd17): tiny models, CPU, a few seconds p
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -32,9 +33,9 @@ def _env():
     return env
 
 
-def _train(out: Path, name: str, *extra: str, timeout=300) -> subprocess.CompletedProcess:
+def _train(out: Path, name: str, *extra: str, timeout=300, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([*PAIRREG, "train", "--out", str(out), "--set", *TINY, f"name={name}", *extra],
-                          capture_output=True, text=True, timeout=timeout, env=_env())
+                          capture_output=True, text=True, timeout=timeout, env=env or _env())
 
 
 def _results(run: Path) -> dict:
@@ -144,9 +145,8 @@ def test_two_process_ddp_stops_both_ranks_on_rank_0s_wall_budget(tmp_path):
     (hooks / "sitecustomize.py").write_text(FAST_CLOCK_ON_RANK_1)
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hooks), env.get("PYTHONPATH")) if p)
-    res = subprocess.run([*PAIRREG, "train", "--out", str(tmp_path), "--set", *TINY, "name=ddp-budget", "epochs=1000",
-                          "time_budget_min=0.05", "batch_size=4", "subset_val=2", "devices=2", "strategy=ddp",
-                          "accelerator=cpu"], capture_output=True, text=True, timeout=600, env=env)
+    res = _train(tmp_path, "ddp-budget", "epochs=1000", "time_budget_min=0.05", "batch_size=4", "subset_val=2",
+                 "devices=2", "strategy=ddp", "accelerator=cpu", timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp-budget" / "metrics.json").read_text())
     assert summary["stopped_by"] == "time_budget_min"
@@ -164,8 +164,8 @@ def test_two_process_ddp_shards_batches_built_on_the_device(tmp_path):
     summary = json.loads((tmp_path / "ddp-resident" / "metrics.json").read_text())
     with np.load(tmp_path / "ddp-resident" / "split.npz") as split:
         n_train = len(split["train"])
-    per_rank_steps = -(-(-(-n_train // 2)) // 4)  # ceil(ceil(n / 2) / 4)
-    assert per_rank_steps < -(-n_train // 4)  # sharding makes a difference on this fixture
+    per_rank_steps = math.ceil(math.ceil(n_train / 2) / 4)  # each rank's half, in batches of 4
+    assert per_rank_steps < math.ceil(n_train / 4)  # sharding makes a difference on this fixture
     assert summary["optimizer_steps"] == 2 * per_rank_steps, (summary["optimizer_steps"], n_train)
 
 

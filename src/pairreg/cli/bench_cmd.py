@@ -77,7 +77,7 @@ def run(args) -> int:
         return 0
     keys = {c.key for c in study.cells}
     if args.compare:
-        (a, depth_a), (b, depth_b) = (_row_at_depth(name) for name in args.compare)
+        (a, depth_a), (b, depth_b) = (_row_at_column(name) for name in args.compare)
         a, b = study.resolve([a, b], "--compare")
         columns = {}
         if study.name == "budget-check":  # its columns are budgets, not depths
@@ -120,7 +120,7 @@ def _take_budget(overrides: list[str]) -> tuple[float | None, int | None, list[s
     return minutes, steps, rest
 
 
-def _row_at_depth(name: str) -> tuple[str, float | None]:
+def _row_at_column(name: str) -> tuple[str, float | None]:
     """``none@12`` → ("none", 12); ``none@7.5`` (a budget-check column in minutes) → ("none", 7.5);
     ``coord-only`` → ("coord-only", None)."""
     row, at, where = name.rpartition("@") if "@" in name else (name, "", "")
