@@ -296,6 +296,36 @@ def test_time_to_accuracy_plans_mace_epochs_from_its_log():
         tta.parse_mace_log("2026-11-27 19:21:11.884 INFO: Loading data\n")
 
 
+
+TTA_RECORDS = sorted((BENCHMARKS / "records").glob("tta-*"))
+
+
+@pytest.mark.parametrize("folder", TTA_RECORDS, ids=lambda p: p.name)
+def test_time_to_accuracy_records_are_current_and_their_tables_redraw(folder, tmp_path):
+    """benchmarks/records/tta-*: each committed cell of ours ran the settings the current code gives for its preset,
+    molecule, budget and threads (so a later sitting with the same command reuses it instead of refusing it), and
+    the committed table.md is what --report draws from the cells (no figure typed in by hand)."""
+    tta = _load("time_to_accuracy")
+    cells = tta.finished_cells(folder)
+    assert {c["model"] for c in cells} <= {"ours", "mace"} and any(c["model"] == "ours" for c in cells), folder
+    for cell in cells:
+        assert np.isfinite(cell["energy_mae_meV"]) and np.isfinite(cell["forces_mae_meV_per_Angstrom"]), cell
+        assert cell["frames"]["test"] == 1000, cell  # the full official test file
+        if cell["model"] != "ours":
+            continue
+        args = tta.parse_args(["--quick", "--out", str(tmp_path), "--molecule", cell["molecule"], "--budgets",
+                               f"{cell['budget_min']:g}", "--threads", str(cell["threads"]), "--preset", cell["preset"]])
+        now = tta.our_settings(tta.our_config(args, cell["molecule"], cell["budget_min"]))
+        assert tta.read_cell(folder / "cells" / f"{tta.cell_name(cell['molecule'], cell['budget_min'], 'ours')}.json",
+                             now) == cell
+    rows = [line for line in (folder / "table.md").read_text().splitlines() if line.startswith("| ") and
+            not line.startswith(("| molecule", "|---"))]
+    header = {"command": "", "machine": {"cpu_count": 0, "cpus_usable": 0, "cpu_model": ""}, "threads": 1,
+              "preset": "", "overrides": [], "torch": "", "mace": "", "data_root": "", "frames": ""}
+    redrawn = [line for line in tta.render_table(cells, header).splitlines() if line.startswith("| ") and
+               not line.startswith(("| molecule", "|---"))]
+    assert rows and rows == redrawn
+
 # --- benchmarks/md_stability.py (MD of trained rMD17 models: drift, breakage, distances) ---
 
 @pytest.mark.slow
