@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pairreg.bench import runner
-from pairreg.bench.report import (budget_check_table, compare_table, dirichlet_ratio, fmt, target_table, welch_p,
-                                  write_report)
+from pairreg.bench.report import (budget_check_table, compare_table, dirichlet_ratio, fmt, study_tables, target_table,
+                                  welch_p, write_report)
 from pairreg.bench.studies import ABLATION_VARIANTS, DEPTHS, STUDIES, Cell, Study, build_study, row_label
 from pairreg.cli.main import main
 from pairreg.config import ConfigError, load_config
@@ -389,6 +389,21 @@ def test_tables_label_the_plain_stack_and_egnn():
     head = target_table(results).splitlines()[0]
     assert head == "| test MAE | plain EGCL stack (none) | EGNN (residual) | pairreg |"
 
+
+def test_a_depth_study_at_equal_wall_time_tables_its_optimizer_steps():
+    """With a time budget the cells' step counts differ (a costlier layer buys fewer): the table shows them per
+    row and depth; a study to a fixed number of epochs has no such table."""
+    study = build_study("depth", "budget", seeds=2, molecule="ethanol", depths=[2, 8, 16])
+    steps = {("none", 2, 0): 160_237, ("none", 2, 1): 162_688, ("pairreg", 16, 0): 21_252}
+    results = [dict(fake_result(g, s, 3.0, 0.1, x=x), optimizer_steps=n, stopped_by="time_budget_min")
+               for (g, x, s), n in steps.items()]
+    lines = study_tables(study, results).splitlines()
+    head = lines.index("| optimizer steps in the budget | 2 layers | 8 layers | 16 layers |")
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in lines[head + 2:head + 2 + 5]}
+    assert rows["| plain EGCL stack (none)"] == ["161,462 ± 1,733", "–", "– |"]
+    assert rows["| pairreg"] == ["–", "–", "21,252 (1 seed) |"]
+    by_epochs = [dict(r, stopped_by="epochs") for r in results]
+    assert "optimizer steps" not in study_tables(study, by_epochs)
 
 def test_welch_p_matches_the_textbook_case_and_needs_two_seeds():
     # t = -3/sqrt(2/3) = -3.674 on 4 degrees of freedom (equal spreads): two-sided p = 0.0213

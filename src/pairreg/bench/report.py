@@ -60,10 +60,26 @@ def mae_column(name: str, unit: str, split: str = "test") -> tuple[str, object]:
     return f"{split} {name} MAE ({pretty_unit(unit)})", lambda r: _metric(r, split, name, unit)
 
 
-def depth_table(results: list[dict], title: str, value, depths=None, groups=None) -> str:
+def fmt_count(mean: float, std: float, n: int) -> str:
+    """``fmt`` for counts (optimizer steps): whole numbers with thousands separators."""
+    if n == 0 or math.isnan(mean):
+        return "–"
+    return f"{mean:,.0f} ± {std:,.0f}" if n > 1 else f"{mean:,.0f} (1 seed)"
+
+
+def optimizer_steps(result: dict) -> float | None:
+    return result.get("optimizer_steps")
+
+
+def ran_to_wall_budget(results: list[dict]) -> bool:
+    """True when some cell stopped on ``time_budget_min``: equal wall time, so each cell's step count differs."""
+    return any(r.get("stopped_by") == "time_budget_min" for r in results)
+
+
+def depth_table(results: list[dict], title: str, value, depths=None, groups=None, formatter=fmt) -> str:
     """Rows = mitigations, columns = depths (the planned ones when given; "–" = not run (yet)).
 
-    Each cell holds ``value(result)`` over the seeds of that mitigation and depth.
+    Each cell holds ``value(result)`` over the seeds of that mitigation and depth, written by ``formatter``.
     """
     depths = sorted(depths or {r["x"] for r in results})
     lines = [f"| {title} | " + " | ".join(layers(d) for d in depths) + " |", "|---|" + "---|" * len(depths)]
@@ -71,7 +87,7 @@ def depth_table(results: list[dict], title: str, value, depths=None, groups=None
         cells = []
         for d in depths:
             vals = [value(r) for r in results if r["group"] == group and r["x"] == d]
-            cells.append(fmt(*seed_stats(vals)))
+            cells.append(formatter(*seed_stats(vals)))
         lines.append(f"| {_label(results, group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -248,6 +264,9 @@ def study_tables(study: Study, results: list[dict], extra: list[str] | None = No
         columns = [mae_column("energy", "meV")] + ([mae_column(FORCE_NAME, "meV/Angstrom")] if _has_forces(results) else [])
         columns.append(("E_L/E_1 of h (probe; < 1: features flatten with depth)", dirichlet_ratio))
         parts = [depth_table(results, title, value, depths=planned, groups=planned_groups) for title, value in columns]
+        if ran_to_wall_budget(results):  # at equal wall time a costlier layer buys fewer steps: show how many
+            parts.append(depth_table(results, "optimizer steps in the budget", optimizer_steps, depths=planned,
+                                     groups=planned_groups, formatter=fmt_count))
         return "\n\n".join([head, *parts])
     if study.name == "ablation":
         return head + "\n\n" + variant_table(results, planned_groups)
