@@ -405,6 +405,7 @@ def test_a_depth_study_at_equal_wall_time_tables_its_optimizer_steps():
     by_epochs = [dict(r, stopped_by="epochs") for r in results]
     assert "optimizer steps" not in study_tables(study, by_epochs)
 
+
 def test_welch_p_matches_the_textbook_case_and_needs_two_seeds():
     # t = -3/sqrt(2/3) = -3.674 on 4 degrees of freedom (equal spreads): two-sided p = 0.0213
     assert welch_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.0213, abs=1e-4)

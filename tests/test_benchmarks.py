@@ -296,7 +296,6 @@ def test_time_to_accuracy_plans_mace_epochs_from_its_log():
         tta.parse_mace_log("2026-11-27 19:21:11.884 INFO: Loading data\n")
 
 
-
 TTA_RECORDS = sorted((BENCHMARKS / "records").glob("tta-*"))
 
 
@@ -316,15 +315,17 @@ def test_time_to_accuracy_records_are_current_and_their_tables_redraw(folder, tm
         args = tta.parse_args(["--quick", "--out", str(tmp_path), "--molecule", cell["molecule"], "--budgets",
                                f"{cell['budget_min']:g}", "--threads", str(cell["threads"]), "--preset", cell["preset"]])
         now = tta.our_settings(tta.our_config(args, cell["molecule"], cell["budget_min"]))
-        assert tta.read_cell(folder / "cells" / f"{tta.cell_name(cell['molecule'], cell['budget_min'], 'ours')}.json",
-                             now) == cell
-    rows = [line for line in (folder / "table.md").read_text().splitlines() if line.startswith("| ") and
-            not line.startswith(("| molecule", "|---"))]
+        assert tta.read_cell(tta.cell_path(folder, cell["molecule"], cell["budget_min"], "ours"), now) == cell
+
+    def table_rows(text: str) -> list[str]:  # the molecule × budget rows; the header names this machine
+        return [line for line in text.splitlines() if line.startswith("| ") and
+                not line.startswith(("| molecule", "|---"))]
+
     header = {"command": "", "machine": {"cpu_count": 0, "cpus_usable": 0, "cpu_model": ""}, "threads": 1,
               "preset": "", "overrides": [], "torch": "", "mace": "", "data_root": "", "frames": ""}
-    redrawn = [line for line in tta.render_table(cells, header).splitlines() if line.startswith("| ") and
-               not line.startswith(("| molecule", "|---"))]
-    assert rows and rows == redrawn
+    rows = table_rows((folder / "table.md").read_text())
+    assert rows and rows == table_rows(tta.render_table(cells, header))
+
 
 # --- benchmarks/md_stability.py (MD of trained rMD17 models: drift, breakage, distances) ---
 

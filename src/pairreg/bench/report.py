@@ -15,12 +15,13 @@ from .studies import Study, budget_amount, budget_unit, layers, row_label
 MITIGATION_ORDER = ("none", "residual", "pairreg", "pairnorm", "g2")
 
 
-def fmt(mean: float, std: float, n: int) -> str:
-    """``mean ± std`` over seeds; one seed shows its value and says so; none is a dash."""
+def fmt(mean: float, std: float, n: int, spec: str | None = None) -> str:
+    """``mean ± std`` over seeds; one seed shows its value and says so; none is a dash. ``spec`` is the number
+    format (default: 3 decimals below 10, else 1; ",.0f" for counts such as optimizer steps)."""
     if n == 0 or math.isnan(mean):
         return "–"
-    digits = 3 if abs(mean) < 10 else 1
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f} (1 seed)"
+    spec = spec or (".3f" if abs(mean) < 10 else ".1f")
+    return f"{mean:{spec}} ± {std:{spec}}" if n > 1 else f"{mean:{spec}} (1 seed)"
 
 
 def pretty_unit(unit: str) -> str:
@@ -60,26 +61,15 @@ def mae_column(name: str, unit: str, split: str = "test") -> tuple[str, object]:
     return f"{split} {name} MAE ({pretty_unit(unit)})", lambda r: _metric(r, split, name, unit)
 
 
-def fmt_count(mean: float, std: float, n: int) -> str:
-    """``fmt`` for counts (optimizer steps): whole numbers with thousands separators."""
-    if n == 0 or math.isnan(mean):
-        return "–"
-    return f"{mean:,.0f} ± {std:,.0f}" if n > 1 else f"{mean:,.0f} (1 seed)"
-
-
-def optimizer_steps(result: dict) -> float | None:
-    return result.get("optimizer_steps")
-
-
 def ran_to_wall_budget(results: list[dict]) -> bool:
     """True when some cell stopped on ``time_budget_min``: equal wall time, so each cell's step count differs."""
     return any(r.get("stopped_by") == "time_budget_min" for r in results)
 
 
-def depth_table(results: list[dict], title: str, value, depths=None, groups=None, formatter=fmt) -> str:
+def depth_table(results: list[dict], title: str, value, depths=None, groups=None, spec: str | None = None) -> str:
     """Rows = mitigations, columns = depths (the planned ones when given; "–" = not run (yet)).
 
-    Each cell holds ``value(result)`` over the seeds of that mitigation and depth, written by ``formatter``.
+    Each cell holds ``value(result)`` over the seeds of that mitigation and depth (``spec``: see ``fmt``).
     """
     depths = sorted(depths or {r["x"] for r in results})
     lines = [f"| {title} | " + " | ".join(layers(d) for d in depths) + " |", "|---|" + "---|" * len(depths)]
@@ -87,7 +77,7 @@ def depth_table(results: list[dict], title: str, value, depths=None, groups=None
         cells = []
         for d in depths:
             vals = [value(r) for r in results if r["group"] == group and r["x"] == d]
-            cells.append(formatter(*seed_stats(vals)))
+            cells.append(fmt(*seed_stats(vals), spec=spec))
         lines.append(f"| {_label(results, group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -265,8 +255,8 @@ def study_tables(study: Study, results: list[dict], extra: list[str] | None = No
         columns.append(("E_L/E_1 of h (probe; < 1: features flatten with depth)", dirichlet_ratio))
         parts = [depth_table(results, title, value, depths=planned, groups=planned_groups) for title, value in columns]
         if ran_to_wall_budget(results):  # at equal wall time a costlier layer buys fewer steps: show how many
-            parts.append(depth_table(results, "optimizer steps in the budget", optimizer_steps, depths=planned,
-                                     groups=planned_groups, formatter=fmt_count))
+            parts.append(depth_table(results, "optimizer steps in the budget", lambda r: r.get("optimizer_steps"),
+                                     depths=planned, groups=planned_groups, spec=",.0f"))
         return "\n\n".join([head, *parts])
     if study.name == "ablation":
         return head + "\n\n" + variant_table(results, planned_groups)
