@@ -406,6 +406,22 @@ def test_a_depth_study_at_equal_wall_time_tables_its_optimizer_steps():
     assert "optimizer steps" not in study_tables(study, by_epochs)
 
 
+def test_an_ablation_at_equal_wall_time_tables_each_variants_optimizer_steps():
+    """Variants differ in cost (node-only moves no coordinates): at equal wall time the table says how many steps
+    each row trained; to a fixed number of epochs it has no such column."""
+    study = build_study("ablation", "budget", seeds=2, molecule="ethanol")
+    steps = {("coord only", 0): 40_000, ("coord only", 1): 42_000, ("full (default)", 0): 38_134}
+    results = [dict(fake_result(g, s, 3.0, 0.1), optimizer_steps=n, stopped_by="time_budget_min")
+               for (g, s), n in steps.items()]
+    lines = study_tables(study, results).splitlines()
+    header = next(line for line in lines if line.startswith("| variant"))
+    assert header.split(" | ")[-2:] == ["optimizer steps", "seeds |"]
+    rows = {line.split(" | ")[0]: line.split(" | ")[-2] for line in lines if line.startswith("| ") and line != header}
+    assert rows["| coord only"] == "41,000 ± 1,414" and rows["| full (default)"] == "38,134 (1 seed)"
+    by_epochs = [dict(r, stopped_by="epochs") for r in results]
+    assert "optimizer steps" not in study_tables(study, by_epochs)
+
+
 def test_welch_p_matches_the_textbook_case_and_needs_two_seeds():
     # t = -3/sqrt(2/3) = -3.674 on 4 degrees of freedom (equal spreads): two-sided p = 0.0213
     assert welch_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.0213, abs=1e-4)

@@ -89,13 +89,15 @@ def _label(results: list[dict], group: str) -> str:
 
 
 def variant_table(results: list[dict], order: list[str] | None = None, split: str = "test") -> str:
-    """Rows = groups (variants or mitigations), columns = every target's MAE plus E_L/E_1."""
+    """Rows = groups (variants or mitigations), columns = every target's MAE plus E_L/E_1 (and, at equal wall
+    time, the optimizer steps each row's cost left it: a cheaper variant trains more)."""
     units = _units(results)
     names = _target_order(units)
     groups = order or _groups(results)
     columns = [mae_column(n, units[n], split) for n in names]
+    steps = ran_to_wall_budget(results)
     header = [title for title, _ in columns] + [
-        "E_L/E_1 of h (probe)", "E_x,L/E_x,0 of coordinates (probe)", "seeds"]
+        "E_L/E_1 of h (probe)", "E_x,L/E_x,0 of coordinates (probe)", *(["optimizer steps"] if steps else []), "seeds"]
     lines = ["| variant | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for group in groups:
         rows = [r for r in results if r["group"] == group]
@@ -104,6 +106,8 @@ def variant_table(results: list[dict], order: list[str] | None = None, split: st
         cells = [fmt(*seed_stats([value(r) for r in rows])) for _, value in columns]
         cells.append(fmt(*seed_stats([dirichlet_ratio(r) for r in rows])))
         cells.append(fmt(*seed_stats([coordinate_ratio(r) for r in rows])))
+        if steps:
+            cells.append(fmt(*seed_stats([r.get("optimizer_steps") for r in rows]), spec=",.0f"))
         cells.append(str(len(rows)))
         lines.append(f"| {_label(results, group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
