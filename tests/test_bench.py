@@ -92,8 +92,9 @@ def test_budget_check_cli_takes_b_from_set_and_a_grid_key_in_set_is_refused(tmp_
                  "--set", "time_budget_min=5", "threads=1"]) == 0
     text = capsys.readouterr().out
     assert "6 cells" in text and "--set threads=1" in text and "time_budget_min" not in text.split("\n", 1)[1]
-    assert {line.split()[3] for line in text.splitlines()[1:]} == {
+    assert {line.split()[3] for line in text.splitlines()[1:-1]} == {
         f"{g}-{b}min-s0" for g in ("none", "residual", "pairreg") for b in (5, 15)}
+    assert text.splitlines()[-1] == "0 done, 0 to copy (--reuse), 6 to train (60 minutes of training, one run at a time)"
     # a --set of a key the cells set would silently turn the grid into one configuration
     assert main(["bench", "depth", "--preset", "budget", "--list", "--out", str(tmp_path / "d"),
                  "--set", "n_layers=3"]) == 2
@@ -113,7 +114,7 @@ def test_budget_check_in_optimiser_steps(tmp_path, capsys):
     assert runner.describe_cell(study.cells[0]) == "none, 2000 steps, seed 0"
     assert main(["bench", "budget-check", "--preset", "budget", "--list", "--out", str(tmp_path / "s"),
                  "--set", "time_budget_min=null", "step_budget=500", "threads=1"]) == 0
-    assert {line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]} == {
+    assert {line.split()[3] for line in capsys.readouterr().out.splitlines()[1:-1]} == {
         f"{g}-{b}steps-s0" for g in ("none", "residual", "pairreg") for b in (500, 1500)}
     for bad, message in ((["step_budget=5.5"], "expected a whole number of steps, got '5.5'"),
                          (["time_budget_min=10", "step_budget=500"], "not both"),
@@ -309,6 +310,25 @@ def test_identical_cells_of_another_study_are_reused_not_retrained(tmp_path, mon
         runner.run_study(other, tmp_path / "ablation", TINY, log=lambda m: None, reuse=[tmp_path / "nowhere"])
 
 
+def test_list_names_the_cells_reuse_would_copy_and_the_training_left(tmp_path, capsys):
+    """The plan of a sitting: the ablation at 30 minutes on ethanol copies its plain-stack, residual and full rows
+    from the committed depth study's 8-layer cells (a check that those records stay reusable), the rest is
+    training whose length the wall budget gives."""
+    records = Path(__file__).resolve().parents[1] / "benchmarks" / "records" / "depth-ethanol-30"
+    args = ["bench", "ablation", "--preset", "budget", "--molecule", "ethanol", "--out", str(tmp_path), "--list",
+            "--set", "time_budget_min=30", "threads=1", "data_root=bundled"]
+    assert main([*args, "--reuse", str(records)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    copied = {line.split()[2]: line.split("<- copied from ")[1] for line in lines if line.split()[1:2] == ["reuse"]}
+    rows = {"plain-EGCL-stack-none": "none", "EGNN-residual": "residual", "full-default": "pairreg"}
+    assert copied == {f"{key}-s{s}": str(records / "cells" / f"{row}-L8-s{s}.json") for key, row in rows.items()
+                      for s in (0, 1)}
+    n = 2 * len(ABLATION_VARIANTS)
+    assert lines[-1] == f"0 done, 6 to copy (--reuse), {n - 6} to train ({30 * (n - 6)} minutes of training, one run at a time)"
+    assert main(args) == 0  # without --reuse: everything is training
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"0 done, 0 to copy (--reuse), {n} to train")
+
+
 def test_bad_override_fails_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'hiden'"):
         runner.run_study(tiny_study(), tmp_path / "s", ["hiden=8"], log=lambda m: None)
@@ -332,7 +352,7 @@ def test_only_keeps_the_named_rows(tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "9 cells" in text and "--set n_layers=12" in text
-    listed = [line.split()[3] for line in text.splitlines()[1:]]
+    listed = [line.split()[3] for line in text.splitlines()[1:-1]]
     assert sorted(listed) == sorted(f"{k}-s{s}" for k in ("plain-EGCL-stack-none", "coord-only", "full-default")
                                     for s in range(3))
     with pytest.raises(ValueError, match="no such row in study ablation; rows: plain-EGCL-stack-none, EGNN-residual, "
@@ -347,7 +367,7 @@ def test_cells_keeps_the_named_cells(tmp_path, capsys):
     args = ["bench", "budget-check", "--preset", "budget", "--molecule", "ethanol", "--list", "--out", str(tmp_path),
             "--set", "time_budget_min=30", "--cells", "pairreg-90min-s0", "none-90min-s0"]
     assert main(args) == 0
-    listed = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
+    listed = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:-1]]
     assert listed == ["none-90min-s0", "pairreg-90min-s0"]  # grid order, not the order asked
     study = build_study("budget-check", "budget", budget_min=30).keep_cells(["residual-30min-s0"])
     assert [(c.group, c.x) for c in study.cells] == [("residual", 30.0)]

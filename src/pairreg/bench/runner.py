@@ -147,6 +147,19 @@ def reusable_cells(folders: list[Path]) -> dict[str, Path]:
     return found
 
 
+def reuse_sources(study: Study, cells: list[Cell], out: Path, extra: list[str],
+                  reuse: list[str | Path] | None) -> dict[Cell, tuple[dict, Path]]:
+    """The ``cells`` that ``--reuse`` would copy: cell → (its config, the finished cell file with that config)."""
+    elsewhere = reusable_cells([Path(f) for f in reuse or []])
+    found = {}
+    for cell in cells if elsewhere else []:
+        config = cell_config(study, cell, out, extra).to_dict()
+        source = elsewhere.get(config_identity(config))
+        if source is not None:
+            found[cell] = (config, source)
+    return found
+
+
 def reuse_cell(study: Study, cell: Cell, out: Path, config: dict, source: Path) -> dict:
     """Write ``cell``'s JSON (``config``: its own) from an identical finished cell of another study (no training)."""
     result = json.loads(source.read_text())
@@ -189,14 +202,10 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
     check_manifest(out, study, extra)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     todo = [c for c in study.cells if not cell_file(out, c).is_file()]
-    elsewhere = reusable_cells([Path(f) for f in reuse or []])
-    for cell in list(todo) if elsewhere else []:
-        config = cell_config(study, cell, out, extra).to_dict()
-        source = elsewhere.get(config_identity(config))
-        if source is not None:
-            reuse_cell(study, cell, out, config, source)
-            todo.remove(cell)
-            log(f"[bench {study.name}] {describe_cell(cell)}: reused {source} (same configuration)")
+    for cell, (config, source) in reuse_sources(study, todo, out, extra, reuse).items():
+        reuse_cell(study, cell, out, config, source)
+        todo.remove(cell)
+        log(f"[bench {study.name}] {describe_cell(cell)}: reused {source} (same configuration)")
     done_before = len(study.cells) - len(todo)
     if done_before:
         log(f"[bench {study.name}] {done_before} of {len(study.cells)} cells already finished in {out}; skipping them")

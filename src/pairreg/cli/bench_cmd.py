@@ -51,7 +51,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..bench.report import compare_table, write_report
-    from ..bench.runner import cell_file, describe_cell, load_results, run_study
+    from ..bench.runner import cell_config, cell_file, describe_cell, load_results, reuse_sources, run_study
     from ..bench.studies import budget_amount, budget_unit, build_study, cell_keys
     from ..config import parse_overrides
 
@@ -71,9 +71,17 @@ def run(args) -> int:
     out = Path(args.out or f"runs/bench/{args.study}-{args.preset}")
     if args.list:
         print(study.describe() + (f"; --set {' '.join(extra)}" if extra else ""))
+        todo = [c for c in study.cells if not cell_file(out, c).is_file()]
+        copies = reuse_sources(study, todo, out, extra, args.reuse)
         for k, cell in enumerate(study.cells, 1):
-            done = cell_file(out, cell).is_file()
-            print(f"{k:3d}. {'done ' if done else 'to do'}  {cell.key:28s} {describe_cell(cell)}")
+            state = "to do" if cell in todo else "done "
+            where = f"  <- copied from {copies[cell][1]}" if cell in copies else ""
+            print(f"{k:3d}. {'reuse' if cell in copies else state}  {cell.key:28s} {describe_cell(cell)}{where}")
+        train = [c for c in todo if c not in copies]
+        # to a wall budget the cost of what is left is known in advance: say it (a sitting's plan)
+        minutes = [cell_config(study, c, out, extra).time_budget_min for c in train]
+        cost = f" ({sum(minutes):g} minutes of training, one run at a time)" if train and all(minutes) else ""
+        print(f"{len(study.cells) - len(todo)} done, {len(copies)} to copy (--reuse), {len(train)} to train{cost}")
         return 0
     keys = {c.key for c in study.cells}
     if args.compare:
