@@ -442,6 +442,19 @@ def test_an_ablation_at_equal_wall_time_tables_each_variants_optimizer_steps():
     assert "optimizer steps" not in study_tables(study, by_epochs)
 
 
+def test_the_table_says_what_its_cells_cost_in_core_hours():
+    """Wall time × threads per cell (a resumed cell's training time when its last sitting was shorter), copies too."""
+    study = build_study("depth", "budget", seeds=2, molecule="ethanol", depths=[2])
+    results = [dict(fake_result("none", 0, 3.0, 0.1, x=2), training_time_s=1800.0, cell_wall_time_s=1830.0,
+                    torch_threads=1),
+               dict(fake_result("none", 1, 3.0, 0.1, x=2), training_time_s=1800.0, cell_wall_time_s=60.0,
+                    torch_threads=2, reused_from="elsewhere/none-L2-s1.json")]
+    last = study_tables(study, results).splitlines()[-1]
+    assert last == ("Compute of these 2 cells: 1.5 core-hours (wall time × threads; 1 of them trained in another "
+                    "study folder and copied with --reuse).")
+    assert study_tables(study, results[:1]).endswith("Compute of this cell: 0.5 core-hours (wall time × threads).")
+
+
 def test_welch_p_matches_the_textbook_case_and_needs_two_seeds():
     # t = -3/sqrt(2/3) = -3.674 on 4 degrees of freedom (equal spreads): two-sided p = 0.0213
     assert welch_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.0213, abs=1e-4)

@@ -249,7 +249,22 @@ def coordinate_ratio(result: dict) -> float:
     return e[-1] / e[0] if len(e) > 1 and e[0] > 0 else float("nan")
 
 
+def compute_used(results: list[dict]) -> str:
+    """What the finished cells cost: each cell's wall time (its training, or the whole cell when longer) × its
+    threads, summed; cells copied with --reuse count too (their cost, wherever they were trained)."""
+    hours = sum(max(r.get("training_time_s") or 0, r.get("cell_wall_time_s") or 0) * (r.get("torch_threads") or 1)
+                for r in results) / 3600
+    copied = sum(bool(r.get("reused_from")) for r in results)
+    cells = "this cell" if len(results) == 1 else f"these {len(results)} cells"
+    return (f"Compute of {cells}: {hours:.1f} core-hours (wall time × threads"
+            + (f"; {copied} of them trained in another study folder and copied with --reuse" if copied else "") + ").")
+
+
 def study_tables(study: Study, results: list[dict], extra: list[str] | None = None) -> str:
+    return _tables(study, results, extra) + "\n\n" + compute_used(results)
+
+
+def _tables(study: Study, results: list[dict], extra: list[str] | None = None) -> str:
     settings = f"; --set {' '.join(extra)}" if extra else ""
     head = f"<!-- {study.describe()}{settings}; {len(results)} of {len(study.cells)} cells finished -->"
     planned_groups = list(dict.fromkeys(c.group for c in study.cells))
