@@ -37,7 +37,8 @@ def add_parser(sub):
                         "--list shows the rows")
     p.add_argument("--cells", nargs="+", default=[], metavar="KEY",
                    help="run only these cells, by the keys --list prints (e.g. --cells pairreg-90min-s0): split a "
-                        "study across cores or sittings, each part in its own --out, then join them with --reuse")
+                        "study across cores or sittings, each part in its own --out, then join them with --reuse; they run in "
+                        "the study's order (--list), not in the order given")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true", help="only write the table and plots from finished cells")
     mode.add_argument("--list", action="store_true", help="print the cells and which are finished, run nothing")
