@@ -627,3 +627,60 @@ def test_a_key_added_to_the_config_later_does_not_stop_reuse():
     older = {k: v for k, v in config.items() if k != "step_budget"}  # recorded before step_budget existed
     assert runner.config_identity(older) == runner.config_identity(config)
     assert runner.config_identity({**config, "step_budget": 5, "time_budget_min": None}) != runner.config_identity(config)
+
+
+def two_row_study() -> Study:
+    study = Study("depth", "cpu", "rmd17-cpu", ["molecule=ethanol"])
+    for mitigation in ("none", "residual"):
+        study.cells.append(Cell(f"{mitigation}-L1-s0", mitigation, 1, 0,
+                                (f"mitigation={mitigation}", "n_layers=1", "seed=0"), 1.0))
+    return study
+
+
+def test_row_set_gives_one_row_its_own_settings_and_the_folder_remembers(tmp_path):
+    """Each method at its own learning rate (--row-set residual:lr=...): only that row's cells change, the table
+    says so, the folder refuses the same study without it, and a cell trained elsewhere with the same settings
+    (a --set lr=... study of that row alone) is copied, not retrained."""
+    alone = tmp_path / "residual-alone"
+    only_residual = two_row_study()
+    only_residual.cells = only_residual.cells[1:]
+    runner.run_study(only_residual, alone, [*TINY, "lr=3e-3"], log=lambda m: None)
+
+    study = two_row_study().set_rows(["EGNN-residual:lr=3e-3"], {"mitigation", "n_layers", "seed"},
+                                     runner.RUN_PLACE_KEYS)
+    out = tmp_path / "joined"
+    logs = []
+    results = {r["cell"]: r for r in runner.run_study(study, out, TINY, log=logs.append, reuse=[alone])}
+    assert results["residual-L1-s0"]["config"]["lr"] == 3e-3 and results["none-L1-s0"]["config"]["lr"] != 3e-3
+    assert "reused_from" in results["residual-L1-s0"] and "reused_from" not in results["none-L1-s0"]
+    assert json.loads((out / "study.json").read_text())["row_overrides"] == {"residual": ["lr=3e-3"]}
+    # --report without --row-set still says which rows ran with their own settings
+    write_report(two_row_study(), list(results.values()), out)
+    assert "Rows trained with their own settings (--row-set): residual: lr=3e-3." in (out / "table.md").read_text()
+    with pytest.raises(ConfigError, match="different study or settings"):
+        runner.run_study(two_row_study(), out, TINY, log=lambda m: None)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("residual-lr=4e-3", "expected ROW:KEY=VALUE"),
+    ("resid:lr=4e-3", "--row-set resid: no such row in study depth"),
+    ("residual:n_layers=4", "sets n_layers per cell"),
+    ("residual:threads=2", "says how cells run"),
+    ("residual:leraning_rate=4e-3", "unknown config key 'leraning_rate'"),
+])
+def test_row_set_refuses_what_it_cannot_mean(tmp_path, capsys, item, message):
+    assert main(["bench", "depth", "--depths", "3", "--out", str(tmp_path), "--list", "--row-set", item]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_row_set_is_listed_and_reaches_only_that_rows_config(tmp_path, capsys):
+    args = ["bench", "depth", "--preset", "budget", "--molecule", "ethanol", "--depths", "8", "--seeds", "1",
+            "--only", "none", "residual", "--out", str(tmp_path), "--set", "lr=1e-3",
+            "--row-set", "residual:lr=4e-3", "residual:coord_init=authors"]
+    assert main([*args, "--list"]) == 0
+    assert "per row (--row-set) residual: lr=4e-3 coord_init=authors" in capsys.readouterr().out
+    study = build_study("depth", "budget", 1, "ethanol", [8]).only(["none", "residual"])
+    study.set_rows(["residual:lr=4e-3", "residual:coord_init=authors"])
+    configs = {c.group: runner.cell_config(study, c, tmp_path, ["lr=1e-3"]) for c in study.cells}
+    assert (configs["residual"].lr, configs["residual"].coord_init) == (4e-3, "authors")
+    assert (configs["none"].lr, configs["none"].coord_init) == (1e-3, "egnn")

@@ -36,7 +36,7 @@ def cell_file(out: Path, cell: Cell) -> Path:
 
 
 def cell_config(study: Study, cell: Cell, out: Path, extra: list[str]):
-    overrides = [*study.base_overrides, *cell.overrides, *extra,
+    overrides = [*study.base_overrides, *cell.overrides, *extra, *study.row_overrides.get(cell.group, ()),
                  "progress=false", f"out={out / 'runs'}", f"name={cell.key}"]
     return load_config(study.base_preset, overrides)
 
@@ -46,8 +46,11 @@ RUN_PLACE_KEYS = ("out", "name", *RESUME_OVERRIDABLE)
 
 
 def _manifest(study: Study, extra: list[str]) -> dict:
-    return {"study": study.name, "preset": study.preset, "base_preset": study.base_preset,
-            "base_overrides": study.base_overrides, "extra_overrides": list(extra)}
+    manifest = {"study": study.name, "preset": study.preset, "base_preset": study.base_preset,
+                "base_overrides": study.base_overrides, "extra_overrides": list(extra)}
+    if study.row_overrides:  # only when given: folders written before --row-set existed still match
+        manifest["row_overrides"] = {row: list(sets) for row, sets in study.row_overrides.items()}
+    return manifest
 
 
 def _what_it_computes(manifest: dict) -> dict:
@@ -60,6 +63,12 @@ def saved_overrides(out: Path) -> list[str]:
     """The ``--set`` overrides the study in ``out`` was run with (from its ``study.json``)."""
     path = Path(out) / "study.json"
     return json.loads(path.read_text()).get("extra_overrides", []) if path.is_file() else []
+
+
+def saved_row_overrides(out: Path) -> dict[str, list[str]]:
+    """The ``--row-set`` overrides the study in ``out`` was run with, by row (from its ``study.json``)."""
+    path = Path(out) / "study.json"
+    return json.loads(path.read_text()).get("row_overrides", {}) if path.is_file() else {}
 
 
 def check_manifest(out: Path, study: Study, extra: list[str]) -> None:

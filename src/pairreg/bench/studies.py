@@ -94,6 +94,8 @@ class Study:
     targets: tuple[str, ...] = ("energy",)
     # budget-check's columns as designed (B, 3 B): the table keeps both when --only / --cells narrow the cells
     columns: tuple = ()
+    # ``--row-set``: overrides for one row's cells only (e.g. each mitigation at its own learning rate)
+    row_overrides: dict = field(default_factory=dict)
 
     def rows(self) -> list[str]:
         """The study's table rows (mitigations or variants), in grid order."""
@@ -130,9 +132,39 @@ class Study:
         self.cells = [c for c in self.cells if c.key in wanted]
         return self
 
+    def set_rows(self, items: list[str], grid_keys: set[str] = frozenset(),
+                 run_keys: tuple[str, ...] = ()) -> "Study":
+        """``--row-set ROW:KEY=VALUE``: the override applies to the cells of that row only, after ``--set`` (so
+        ``--set lr=1e-3 --row-set residual:lr=4e-3`` trains EGNN's residual at 4e-3 and the other rows at 1e-3: each
+        method at its tuned rate). Keys the study's grid sets (``grid_keys``) and keys of how cells run (``run_keys``:
+        threads, accelerator, ...) are refused."""
+        from ..config import FIELDS, parse_overrides
+
+        for item in items:
+            row, colon, setting = item.partition(":")
+            if not colon or "=" not in setting:
+                raise ValueError(f"--row-set {item!r}: expected ROW:KEY=VALUE (e.g. residual:lr=4e-3); "
+                                 f"rows: {', '.join(_safe(r) for r in self.rows())}")
+            (group,) = self.resolve([row.strip()], "--row-set")
+            (key,) = parse_overrides([setting])
+            if key not in FIELDS:
+                raise ValueError(f"--row-set {item!r}: unknown config key {key!r}")
+            if key in grid_keys:
+                raise ValueError(f"--row-set {item!r}: the {self.name} study sets {key} per cell (its grid)")
+            if key in run_keys:
+                raise ValueError(f"--row-set {item!r}: {key} says how cells run, not what they compute; "
+                                 "give it to every cell with --set")
+            self.row_overrides.setdefault(group, []).append(setting.strip())
+        return self
+
+    def row_settings(self) -> str:
+        """``residual: lr=4e-3; pairreg: lr=2e-3`` (the ``--row-set`` overrides), or "" without any."""
+        return "; ".join(f"{_safe(row)}: {' '.join(sets)}" for row, sets in self.row_overrides.items())
+
     def describe(self) -> str:
+        rows = f"; per row (--row-set) {self.row_settings()}" if self.row_overrides else ""
         return (f"study {self.name}, preset {self.preset}: {len(self.cells)} cells from preset "
-                f"{self.base_preset!r} with {' '.join(self.base_overrides) or 'no overrides'}")
+                f"{self.base_preset!r} with {' '.join(self.base_overrides) or 'no overrides'}{rows}")
 
 
 def row_label(group: str, backbone: str = "egnn") -> str:

@@ -29,6 +29,9 @@ def add_parser(sub):
     p.add_argument("--out", help="study folder (default runs/bench/<study>-<preset>)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for every cell (e.g. data_root=DIR accelerator=gpu)")
+    p.add_argument("--row-set", nargs="+", default=[], metavar="ROW:KEY=VALUE",
+                   help="an override for one row's cells only, applied after --set (e.g. --set lr=1e-3 --row-set "
+                        "residual:lr=4e-3 pairreg:lr=2e-3: each method at its own tuned rate); the table says so")
     p.add_argument("--reuse", nargs="+", default=[], metavar="DIR",
                    help="other study folders whose finished cells with the same configuration are copied, "
                         "not trained again (e.g. the ablation reuses the depth study's 9-layer cells)")
@@ -52,7 +55,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..bench.report import compare_table, write_report
-    from ..bench.runner import cell_config, cell_file, describe_cell, load_results, reuse_sources, run_study
+    from ..bench.runner import (RUN_PLACE_KEYS, cell_config, cell_file, describe_cell, load_results, reuse_sources,
+                                run_study)
     from ..bench.studies import budget_amount, budget_unit, build_study, cell_keys
     from ..config import parse_overrides
 
@@ -65,6 +69,7 @@ def run(args) -> int:
         study.only(args.only)
     if args.cells:
         study.keep_cells(args.cells)
+    study.set_rows(args.row_set, cell_keys(study), RUN_PLACE_KEYS)
     collide = sorted(set(parse_overrides(extra)) & cell_keys(study))
     if collide:
         raise ValueError(f"--set {' '.join(collide)}: the {args.study} study sets {'it' if len(collide) == 1 else 'them'} "
