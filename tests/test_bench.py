@@ -679,6 +679,9 @@ def test_row_set_is_listed_and_reaches_only_that_rows_config(tmp_path, capsys):
             "--row-set", "residual:lr=4e-3", "residual:coord_init=authors"]
     assert main([*args, "--list"]) == 0
     assert "per row (--row-set) residual: lr=4e-3 coord_init=authors" in capsys.readouterr().out
+    # one part of a study split by --only keeps the whole --row-set list (one study.json for every part)
+    assert main([*args[:args.index("--only")], "--only", "none", *args[args.index("--out"):], "--list"]) == 0
+    assert "per row" not in capsys.readouterr().out
     study = build_study("depth", "budget", 1, "ethanol", [8]).only(["none", "residual"])
     study.set_rows(["residual:lr=4e-3", "residual:coord_init=authors"])
     configs = {c.group: runner.cell_config(study, c, tmp_path, ["lr=1e-3"]) for c in study.cells}

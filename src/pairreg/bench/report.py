@@ -268,7 +268,7 @@ def study_tables(study: Study, results: list[dict], extra: list[str] | None = No
 def _tables(study: Study, results: list[dict], extra: list[str] | None = None) -> str:
     settings = f"; --set {' '.join(extra)}" if extra else ""
     head = f"<!-- {study.describe()}{settings}; {len(results)} of {len(study.cells)} cells finished -->"
-    if study.row_overrides:  # visible, not only in the comment: the rows were not trained alike
+    if study.row_settings():  # visible, not only in the comment: the rows were not trained alike
         head += f"\n\nRows trained with their own settings (--row-set): {study.row_settings()}."
     planned_groups = list(dict.fromkeys(c.group for c in study.cells))
     if study.name == "depth":

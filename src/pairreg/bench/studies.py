@@ -158,11 +158,12 @@ class Study:
         return self
 
     def row_settings(self) -> str:
-        """``residual: lr=4e-3; pairreg: lr=2e-3`` (the ``--row-set`` overrides), or "" without any."""
-        return "; ".join(f"{_safe(row)}: {' '.join(sets)}" for row, sets in self.row_overrides.items())
+        """``residual: lr=4e-3; pairreg: lr=2e-3`` (the ``--row-set`` overrides of the rows it has cells of)."""
+        return "; ".join(f"{_safe(row)}: {' '.join(sets)}" for row, sets in self.row_overrides.items()
+                         if row in self.rows())
 
     def describe(self) -> str:
-        rows = f"; per row (--row-set) {self.row_settings()}" if self.row_overrides else ""
+        rows = f"; per row (--row-set) {self.row_settings()}" if self.row_settings() else ""
         return (f"study {self.name}, preset {self.preset}: {len(self.cells)} cells from preset "
                 f"{self.base_preset!r} with {' '.join(self.base_overrides) or 'no overrides'}{rows}")
 

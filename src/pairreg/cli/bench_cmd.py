@@ -65,11 +65,12 @@ def run(args) -> int:
     if args.study == "budget-check":  # its cells train for B and 3 B: --set gives B, not every cell's budget
         budget_min, budget_steps, extra = _take_budget(extra)
     study = build_study(args.study, args.preset, args.seeds, args.molecule, args.depths, budget_min, budget_steps)
+    # before --only: a study split across sittings keeps one --row-set list (and one study.json) for every part
+    study.set_rows(args.row_set, cell_keys(study), RUN_PLACE_KEYS)
     if args.only:
         study.only(args.only)
     if args.cells:
         study.keep_cells(args.cells)
-    study.set_rows(args.row_set, cell_keys(study), RUN_PLACE_KEYS)
     collide = sorted(set(parse_overrides(extra)) & cell_keys(study))
     if collide:
         raise ValueError(f"--set {' '.join(collide)}: the {args.study} study sets {'it' if len(collide) == 1 else 'them'} "
