@@ -607,6 +607,7 @@ def test_committed_study_records_are_reusable(folder, tmp_path):
     study = build_study(manifest["study"], manifest["preset"], seeds=5, molecule=overrides.get("molecule", "aspirin"),
                         budget_min=budget_min, budget_steps=budget_steps)
     assert study.base_overrides == manifest["base_overrides"]
+    study.row_overrides = manifest.get("row_overrides", {})  # --row-set: one row's own settings
     by_key = {c.key: c for c in study.cells}
     keys = set(by_key)
     cells = sorted((folder / "cells").glob("*.json"))
