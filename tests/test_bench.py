@@ -333,6 +333,11 @@ def test_bad_override_fails_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'hiden'"):
         runner.run_study(tiny_study(), tmp_path / "s", ["hiden=8"], log=lambda m: None)
     assert not (tmp_path / "s").exists()
+    # a bad value for the second row only is found before the first row trains
+    study = two_row_study().set_rows(["residual:lr=fast"])
+    with pytest.raises(ConfigError, match="lr"):
+        runner.run_study(study, tmp_path / "r", TINY, log=lambda m: None)
+    assert not (tmp_path / "r").exists()
 
 
 def test_cli_list_and_report(tmp_path, capsys):

@@ -206,8 +206,8 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
     """
     out, extra = Path(out), list(extra or [])
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if study.cells:  # fail fast on a bad --set before anything is written
-        cell_config(study, study.cells[0], out, extra)
+    for group in study.rows():  # fail fast on a bad --set or --row-set before anything is written or trained
+        cell_config(study, next(c for c in study.cells if c.group == group), out, extra)
     check_manifest(out, study, extra)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     todo = [c for c in study.cells if not cell_file(out, c).is_file()]
