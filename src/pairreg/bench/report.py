@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..training.module import FORCE_NAME, metric_name, parse_metric_name
-from .runner import finite, saved_overrides, saved_row_overrides, seed_stats
+from .runner import finite, saved_manifest, seed_stats
 from .studies import Study, budget_amount, budget_unit, layers, row_label
 
 MITIGATION_ORDER = ("none", "residual", "pairreg", "pairnorm", "g2")
@@ -268,8 +269,8 @@ def study_tables(study: Study, results: list[dict], extra: list[str] | None = No
 def _tables(study: Study, results: list[dict], extra: list[str] | None = None) -> str:
     settings = f"; --set {' '.join(extra)}" if extra else ""
     head = f"<!-- {study.describe()}{settings}; {len(results)} of {len(study.cells)} cells finished -->"
-    if study.row_settings():  # visible, not only in the comment: the rows were not trained alike
-        head += f"\n\nRows trained with their own settings (--row-set): {study.row_settings()}."
+    if row_settings := study.row_settings():  # visible, not only in the comment: the rows were not trained alike
+        head += f"\n\nRows trained with their own settings (--row-set): {row_settings}."
     planned_groups = list(dict.fromkeys(c.group for c in study.cells))
     if study.name == "depth":
         planned = {c.x for c in study.cells}
@@ -354,9 +355,10 @@ def write_report(study: Study, results: list[dict], out: Path) -> list[Path]:
     """Write ``table.md`` and the study's PNGs into ``out``; returns the paths."""
     out = Path(out)
     table = out / "table.md"  # the head names the --set overrides the cells ran with (e.g. n_layers=12)
+    saved = saved_manifest(out)
     if not study.row_overrides:  # --report without --row-set: the folder's own per-row settings
-        study.row_overrides = saved_row_overrides(out)
-    write_atomic(table, study_tables(study, results, saved_overrides(out)) + "\n")
+        study = dataclasses.replace(study, row_overrides=saved.get("row_overrides", {}))
+    write_atomic(table, study_tables(study, results, saved.get("extra_overrides", [])) + "\n")
     paths = [table]
     if not results:
         return paths

@@ -59,16 +59,11 @@ def _what_it_computes(manifest: dict) -> dict:
     return {**manifest, "extra_overrides": extra}
 
 
-def saved_overrides(out: Path) -> list[str]:
-    """The ``--set`` overrides the study in ``out`` was run with (from its ``study.json``)."""
+def saved_manifest(out: Path) -> dict:
+    """The study ``out`` holds, as its ``study.json`` says (``extra_overrides``: its ``--set``; ``row_overrides``: its
+    ``--row-set``, by row), or {} before its first sitting."""
     path = Path(out) / "study.json"
-    return json.loads(path.read_text()).get("extra_overrides", []) if path.is_file() else []
-
-
-def saved_row_overrides(out: Path) -> dict[str, list[str]]:
-    """The ``--row-set`` overrides the study in ``out`` was run with, by row (from its ``study.json``)."""
-    path = Path(out) / "study.json"
-    return json.loads(path.read_text()).get("row_overrides", {}) if path.is_file() else {}
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def check_manifest(out: Path, study: Study, extra: list[str]) -> None:

@@ -163,7 +163,7 @@ class Study:
                          if row in self.rows())
 
     def describe(self) -> str:
-        rows = f"; per row (--row-set) {self.row_settings()}" if self.row_settings() else ""
+        rows = f"; per row (--row-set) {settings}" if (settings := self.row_settings()) else ""
         return (f"study {self.name}, preset {self.preset}: {len(self.cells)} cells from preset "
                 f"{self.base_preset!r} with {' '.join(self.base_overrides) or 'no overrides'}{rows}")
 
