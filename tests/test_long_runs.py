@@ -100,21 +100,28 @@ def test_resume_refuses_changes_that_alter_the_result(tmp_path):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def _poison_loss(monkeypatch, bad_steps):
+    """Make the training loss NaN at the optimiser steps (1-based calls) for which ``bad_steps(n)`` is true."""
     from pairreg.training import module as module_mod
-    from pairreg.training.losses import NonFiniteLossError
-    from pairreg.training.run import train
 
     calls = {"n": 0}
     real = module_mod.total_loss
 
-    def poisoned(*args, **kwargs):  # finite for the first 20 steps (epoch 1 has 15), then NaN
+    def poisoned(*args, **kwargs):
         loss, parts = real(*args, **kwargs)
         calls["n"] += 1
-        return (loss * float("nan") if calls["n"] > 20 else loss), parts
+        return (loss * float("nan") if bad_steps(calls["n"]) else loss), parts
 
     monkeypatch.setattr(module_mod, "total_loss", poisoned)
-    cfg = load_config(None, [*TINY, "epochs=3", "batch_size=4", f"out={tmp_path}", "name=nan"])
+
+
+def test_nan_loss_without_the_guard_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from pairreg.training.losses import NonFiniteLossError
+    from pairreg.training.run import train
+
+    _poison_loss(monkeypatch, lambda n: n > 20)  # finite for the first 20 steps (epoch 1 has 15), then NaN
+    cfg = load_config(None, [*TINY, "epochs=3", "batch_size=4", f"out={tmp_path}", "name=nan",
+                             "divergence_guard=false"])
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 6, global step 21"):
         train(cfg)
     run = tmp_path / "nan"
@@ -123,6 +130,42 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
     assert not (run / "metrics.json").exists()
+
+
+def test_nan_loss_before_the_first_validation_stops_even_with_the_guard(tmp_path, monkeypatch):
+    from pairreg.training.losses import NonFiniteLossError
+    from pairreg.training.run import train
+
+    _poison_loss(monkeypatch, lambda n: n == 5)  # no validated weights to return to yet
+    cfg = load_config(None, [*TINY, "epochs=2", "batch_size=4", f"out={tmp_path}", "name=early"])
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 5, global step 5"):
+        train(cfg)
+
+
+def test_a_nan_training_loss_mid_epoch_is_rolled_back_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    from pairreg.training.run import train
+
+    _poison_loss(monkeypatch, lambda n: n == 21)  # one bad batch in epoch 2 (PaiNN at lr 4e-3 had one at step 4,710)
+    cfg = load_config(None, [*TINY, "epochs=3", "batch_size=4", f"out={tmp_path}", "name=once"])
+    summary = train(cfg)
+    err = capsys.readouterr().err
+    assert ("divergence guard: epoch 2: non-finite training loss (nan) at batch 6, global step 21; rolled back to "
+            "the weights of epoch 1 with lr × 0.5") in err
+    assert summary["lr_scale"] == 0.5 and summary["epochs_run"] == 3
+    last = load_checkpoint(tmp_path / "once", "last")
+    assert last["epoch"] == 2 and last["pairreg_schedule"]["lr_scale"] == pytest.approx(0.5)
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert math.isfinite(summary["test"]["test/energy_mae_meV"])
+
+
+def test_a_nan_training_loss_that_comes_back_stops_after_the_last_rollback(tmp_path, monkeypatch):
+    from pairreg.training.callbacks import MAX_ROLLBACKS, DivergenceError
+    from pairreg.training.run import train
+
+    _poison_loss(monkeypatch, lambda n: n > 20)
+    cfg = load_config(None, [*TINY, "epochs=3", "batch_size=4", f"out={tmp_path}", "name=again"])
+    with pytest.raises(DivergenceError, match=f"non-finite training loss .* after {MAX_ROLLBACKS} rollbacks"):
+        train(cfg)
 
 
 # Loaded by every process of the run below (PYTHONPATH): the second DDP process's budget clock runs 1,000 times

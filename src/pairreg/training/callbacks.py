@@ -68,7 +68,8 @@ class LrControl(L.Callback):
     The guard keeps a copy of the raw weights of the best validation so far. A validation whose score
     ``monitor`` is over ``explode_ratio`` × the best, non-finite, or whose force MAE is back at the zero-force
     floor (≥ 0.9 × ``force_floor``) after having been under half of it, rolls the weights back to that copy,
-    clears the optimiser's moments, halves ``lr_scale`` and says so on stderr. After :data:`MAX_ROLLBACKS`
+    clears the optimiser's moments, halves ``lr_scale`` and says so on stderr. A non-finite training loss
+    between validations does the same at once (:meth:`roll_back_step`). After :data:`MAX_ROLLBACKS`
     rollbacks it stops the run with :class:`DivergenceError`. Runs before the checkpoint callback, so the
     epoch's checkpoint holds the rolled-back state.
     """
@@ -128,14 +129,24 @@ class LrControl(L.Callback):
                       f"lr × {self.plateau.factor:g} (now {pl_module.lr_scale:.3g} × the schedule)",
                       file=sys.stderr, flush=True)
 
-    def _roll_back(self, trainer, pl_module, reason: str) -> None:
+    def roll_back_step(self, trainer, pl_module, reason: str) -> bool:
+        """A non-finite training loss in the middle of an epoch: roll back now, as after a diverged validation,
+        and return True (the caller then skips this optimiser step); False where the guard cannot (off, no
+        validation yet to return to, or several processes, which would have to skip the step together)."""
+        if not self.guard or self.good_state is None or trainer.world_size > 1:
+            return False
+        self._roll_back(trainer, pl_module, reason, during_validation=False)
+        return True
+
+    def _roll_back(self, trainer, pl_module, reason: str, during_validation: bool = True) -> None:
         self.rollbacks += 1
         epoch = trainer.current_epoch + 1
         if self.rollbacks > MAX_ROLLBACKS:
             raise DivergenceError(f"epoch {epoch}: training diverged again ({reason}) after {MAX_ROLLBACKS} "
                                   "rollbacks; lower lr or set grad_clip and start again")
         pl_module.load_state_dict(self.good_state)
-        self.rolled_back_epoch = trainer.current_epoch
+        if during_validation:
+            self.rolled_back_epoch = trainer.current_epoch
         for cb in trainer.callbacks:  # the weight average restarts from the restored weights
             if isinstance(cb, WeightAveraging) and cb._average_model is not None:
                 cb._average_model.module.load_state_dict(self.good_state)

@@ -10,6 +10,7 @@ import torch
 
 from ..config import Config
 from ..models.model import build_model  # noqa: F401  (re-exported: checkpoint.py and tests use it here)
+from .callbacks import LrControl
 from .losses import NonFiniteLossError, force_loss, total_loss
 from .schedules import PlateauScale, WallBudget, lr_factor, lr_factor_at  # noqa: F401  (lr_factor re-exported)
 
@@ -127,11 +128,15 @@ class PropertyModule(L.LightningModule):
             loss = loss + weight * f_loss
             parts["force"] = f_loss.detach()
         if not torch.isfinite(loss):
+            value, step = float(loss.detach()), f"batch {batch_idx + 1}, global step {self.global_step + 1}"
+            guard = next((cb for cb in self.trainer.callbacks if isinstance(cb, LrControl)), None)
+            if guard is not None and guard.roll_back_step(self.trainer, self, f"non-finite training loss ({value}) "
+                                                                               f"at {step}"):
+                return None  # Lightning skips this optimiser step; training goes on from the restored weights
             raise NonFiniteLossError(
-                f"non-finite training loss ({float(loss.detach())}) at epoch {self.current_epoch + 1}, batch {batch_idx + 1}, "
-                f"global step {self.global_step + 1}; the run stopped before this optimiser step. The last good "
-                "state is checkpoints/last.ckpt (end of the previous epoch); lower lr or set grad_clip and resume "
-                "or restart."
+                f"non-finite training loss ({value}) at epoch {self.current_epoch + 1}, {step}; the run stopped "
+                "before this optimiser step. The last good state is checkpoints/last.ckpt (end of the previous "
+                "epoch); lower lr or set grad_clip and resume or restart."
             )
         n = batch.num_molecules
         self.log("train/loss", loss.detach(), batch_size=n, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
