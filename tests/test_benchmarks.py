@@ -307,13 +307,17 @@ def test_time_to_accuracy_records_are_current_and_their_tables_redraw(folder, tm
     tta = _load("time_to_accuracy")
     cells = tta.finished_cells(folder)
     assert {c["model"] for c in cells} <= {"ours", "mace"} and any(c["model"] == "ours" for c in cells), folder
+    # the run's --set overrides of ours, as its table's header gives them ("- ours: preset `P`, --set K=V ...; torch")
+    ours_line = next(line for line in (folder / "table.md").read_text().splitlines() if line.startswith("- ours:"))
+    overrides = ours_line.split(", --set ", 1)[1].rsplit("; torch", 1)[0].split() if ", --set " in ours_line else []
     for cell in cells:
         assert np.isfinite(cell["energy_mae_meV"]) and np.isfinite(cell["forces_mae_meV_per_Angstrom"]), cell
         assert cell["frames"]["test"] == 1000, cell  # the full official test file
         if cell["model"] != "ours":
             continue
         args = tta.parse_args(["--quick", "--out", str(tmp_path), "--molecule", cell["molecule"], "--budgets",
-                               f"{cell['budget_min']:g}", "--threads", str(cell["threads"]), "--preset", cell["preset"]])
+                               f"{cell['budget_min']:g}", "--threads", str(cell["threads"]), "--preset", cell["preset"],
+                               "--set", *overrides])
         now = tta.our_settings(tta.our_config(args, cell["molecule"], cell["budget_min"]))
         assert tta.read_cell(tta.cell_path(folder, cell["molecule"], cell["budget_min"], "ours"), now) == cell
 
