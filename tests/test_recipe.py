@@ -234,14 +234,20 @@ def test_guard_sees_a_collapse_to_the_zero_force_floor_only_after_learning():
     assert "nan" in guard._diverged(float("nan"), None)
 
 
-@pytest.mark.parametrize("preset", ["rmd17-demo", "rmd17-1h", "rmd17-painn-1h"])
+# presets written as rmd17-1h plus a few keys: nothing else differs
+RMD17_1H_VARIANTS = {
+    "rmd17-painn-1h": ["backbone=painn", "n_layers=3", "hidden=128", "cutoff_A=5", "n_rbf=20", "rbf=bessel",
+                       "mitigation=none", "stage2_frac=null", "ema_decay=0.999"],
+    "rmd17-egnn-1h": ["n_layers=8", "mitigation=residual", "lr=4e-3"],
+}
+
+
+@pytest.mark.parametrize("preset", ["rmd17-demo", "rmd17-1h", *RMD17_1H_VARIANTS])
 def test_budget_presets_train_on_the_bundled_data_and_stop_on_budget(preset, tmp_path, monkeypatch):
     # 10 fake seconds per clock reading: the budget (7 or 60 min) ends after a few dozen optimiser steps
     monkeypatch.setattr(schedules, "clock", FakeClock(10.0 if preset == "rmd17-demo" else 90.0))
-    if preset == "rmd17-painn-1h":  # rmd17-1h's recipe on PaiNN, no second stage, slower EMA: nothing else differs
-        other = load_config("rmd17-1h", ["backbone=painn", "n_layers=3", "hidden=128", "cutoff_A=5", "n_rbf=20",
-                                         "rbf=bessel", "mitigation=none", "stage2_frac=null",
-                                         "ema_decay=0.999"]).to_dict()
+    if preset in RMD17_1H_VARIANTS:
+        other = load_config("rmd17-1h", RMD17_1H_VARIANTS[preset]).to_dict()
         assert {k for k, v in load_config(preset, []).to_dict().items() if other[k] != v} == {"preset"}
     cfg = load_config(preset, ["data_root=bundled", "subset_test=40", "threads=1", "progress=false",
                                f"out={tmp_path}", "name=p"])
