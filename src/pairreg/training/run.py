@@ -226,6 +226,13 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> Config:
     return cfg
 
 
+def _ignore_known_warnings() -> None:
+    """Lightning warnings that say nothing to a pairreg user (call inside ``warnings.catch_warnings()``)."""
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # workers are a config key of ours
+    # The divergence guard's mid-epoch rollback skips a step by returning None, and says so on stderr itself.
+    warnings.filterwarnings("ignore", ".*`training_step` returned `None`.*")
+
+
 def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
     """Train according to ``cfg``; returns the summary also written to ``metrics.json``.
 
@@ -320,14 +327,14 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the workers Lightning's DDP launcher starts
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            _ignore_known_warnings()
             trainer.fit(module, datamodule=dm,
                         ckpt_path=str(run_dir / CHECKPOINT_DIR / "last.ckpt") if resume else None)
     finally:
         if owner:
             os.environ.pop(RUN_DIR_ENV, None)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        _ignore_known_warnings()
 
         summary = {"run_dir": str(run_dir), "epochs": cfg.epochs, "best_epoch": ckpt_cb.best_epoch + 1,
                    "targets": dict(zip(names, units))}
