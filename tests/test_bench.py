@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pairreg.bench import runner
-from pairreg.bench.report import (budget_check_table, compare_table, dirichlet_ratio, fmt, study_tables, target_table,
-                                  welch_p, write_report)
+from pairreg.bench.report import (budget_check_table, compare_table, dirichlet_ratio, fmt, machine_speed_note,
+                                  study_tables, target_table, welch_p, write_report)
 from pairreg.bench.studies import ABLATION_VARIANTS, DEPTHS, STUDIES, Cell, Study, build_study, row_label
 from pairreg.cli.main import main
 from pairreg.config import ConfigError, load_config
@@ -693,3 +693,35 @@ def test_row_set_is_listed_and_reaches_only_that_rows_config(tmp_path, capsys):
     configs = {c.group: runner.cell_config(study, c, tmp_path, ["lr=1e-3"]) for c in study.cells}
     assert (configs["residual"].lr, configs["residual"].coord_init) == (4e-3, "authors")
     assert (configs["none"].lr, configs["none"].coord_init) == (1e-3, "egnn")
+
+
+def _timed(group: str, seed: int, probes: list[float] | None, minutes: float | None = 30) -> dict:
+    return dict(fake_result(group, seed, 3.0, 0.1), config={"time_budget_min": minutes},
+                speed_probes=[{"force_steps_per_s": p} for p in probes or []])
+
+
+def test_a_join_of_wall_budget_cells_from_machines_of_different_speed_is_flagged():
+    """Equal minutes on a faster machine are more training: the tables and --compare say so."""
+    same = [_timed("none", 0, [50.0]), _timed("pairreg", 0, [55.0, 52.0])]  # within 15 %
+    assert machine_speed_note(same) is None
+    mixed = [_timed("none", 0, [50.0]), _timed("pairreg", 0, [52.0, 61.0])]  # a resume on a faster machine
+    note = machine_speed_note(mixed)
+    assert note.startswith("Warning (machine speed)") and "1.22x" in note
+    assert "none-s0: 50.0" in note and "pairreg-s0: 61.0" in note
+    # cells recorded before the probe existed, beside ones with it: their speed is unknown
+    old = machine_speed_note([_timed("none", 0, [50.0]), _timed("none", 1, None)])
+    assert "1 wall-budget cell(s) carry no speed probe" in old and "none-s1" in old and "differ" not in old
+    assert machine_speed_note([_timed("none", 0, None), _timed("none", 1, None)]) is None  # nothing to compare
+    # to a step budget the machine does not matter
+    assert machine_speed_note([_timed("none", 0, [50.0], None), _timed("pairreg", 0, [80.0], None)]) is None
+    study = build_study("ablation", "budget", seeds=1, molecule="ethanol")
+    assert note in study_tables(study, mixed)
+    assert compare_table(mixed, "none", "pairreg").endswith(note)
+    assert "Warning" not in compare_table(same, "none", "pairreg")
+
+
+def test_a_wall_budget_cell_records_the_machines_speed(tmp_path):
+    runner.run_study(tiny_study(), tmp_path / "s", [*TINY, "time_budget_min=5"], log=lambda m: None)
+    cells = runner.load_results(tmp_path / "s")
+    assert len(cells) == 2 and all(len(c["speed_probes"]) == 1 and c["speed_probes"][0]["force_steps_per_s"] > 0
+                                   for c in cells)

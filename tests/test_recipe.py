@@ -23,7 +23,7 @@ from pairreg.training import schedules
 from pairreg.training.checkpoint import load_checkpoint
 from pairreg.models.model import build_model
 from pairreg.training.losses import elementwise_loss
-from pairreg.training.run import FORCE_GRAD_CLIP, effective_grad_clip, train
+from pairreg.training.run import FORCE_GRAD_CLIP, effective_grad_clip, resume_config, train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rmd17"
 TINY = ["dataset=rmd17", "molecule=ethanol", f"data_root={FIXTURE}", "targets=energy", "hidden=16", "n_layers=2",
@@ -129,6 +129,31 @@ def test_budget_limited_run_stops_when_spent_and_decays_the_rate_to_lr_min(tmp_p
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5, rel=1e-6)
     assert summary["epochs_run"] == ckpt["epoch"] + 1
     assert summary["stopped_by"] == "time_budget_min"
+
+
+def test_a_wall_budget_run_records_the_machines_speed_at_its_start_and_at_each_resume(tmp_path, monkeypatch):
+    """Its result depends on how fast the machine was: environment.json keeps a speed probe per sitting."""
+    monkeypatch.setattr(schedules, "clock", FakeClock(0.5))
+    cfg = _cfg(tmp_path, "timed", "epochs=50", "batch_size=8", "time_budget_min=0.1")
+    train(cfg)
+    probes = json.loads((tmp_path / "timed" / "environment.json").read_text())["speed_probes"]
+    assert len(probes) == 1 and probes[0]["force_steps_per_s"] > 0 and probes[0]["torch_threads"] == 1
+    train(resume_config(tmp_path / "timed"), resume=True)
+    env = json.loads((tmp_path / "timed" / "environment.json").read_text())
+    assert len(env["speed_probes"]) == 2 and env["speed_probes"][0] == probes[0] and env["cpu"]
+    # a run to a step budget is the same training on any machine: no probe
+    train(_cfg(tmp_path, "steps", "batch_size=8", "step_budget=3"))
+    assert "speed_probes" not in json.loads((tmp_path / "steps" / "environment.json").read_text())
+
+
+def test_the_speed_probe_leaves_the_runs_random_stream_alone():
+    from pairreg.training.speed_probe import force_steps_per_s
+
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    assert force_steps_per_s(repeats=1, steps=2) > 0
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_step_budget_stops_mid_epoch_validates_and_decays_the_rate_to_lr_min(tmp_path):

@@ -14,6 +14,8 @@ from .runner import finite, saved_manifest, seed_stats
 from .studies import Study, budget_amount, budget_unit, layers, row_label
 
 MITIGATION_ORDER = ("none", "residual", "pairreg", "pairnorm", "g2")
+# Wall-budget cells whose machines' speed probes differ by more than this did not get the same training
+SPEED_TOLERANCE = 0.15
 
 
 def fmt(mean: float, std: float, n: int, spec: str | None = None) -> str:
@@ -235,7 +237,36 @@ def compare_table(results: list[dict], a: str, b: str, split: str = "test",
             lines.append("| " + " | ".join(row) + " |")
     if len(lines) == 2:
         raise ValueError(f"{label_a!r} and {label_b!r} have no finished cells to compare")
-    return "\n".join(lines)
+    note = machine_speed_note([r for r in results if r["group"] in (a, b)])
+    return "\n".join(lines) + (f"\n\n{note}" if note else "")
+
+
+def machine_speed_note(results: list[dict]) -> str | None:
+    """A warning when cells trained to a wall budget (``time_budget_min``) ran at machine speeds more than
+    SPEED_TOLERANCE apart (their ``speed_probes``, training/speed_probe.py), or when some of them carry no probe
+    (recorded before pairreg kept one, or trained on a GPU) beside cells that do. None when nothing is amiss.
+
+    Equal minutes on a faster machine are more training: a join of such cells compares machines, not methods.
+    """
+    timed = [r for r in results if (r.get("config") or {}).get("time_budget_min") is not None]
+    rates = {r["cell"]: [p["force_steps_per_s"] for p in r.get("speed_probes") or []] for r in timed}
+    known = {cell: v for cell, v in rates.items() if v}
+    if not known or len(timed) < 2:
+        return None
+    slowest = min(known, key=lambda cell: min(known[cell]))
+    fastest = max(known, key=lambda cell: max(known[cell]))
+    slow, fast = min(known[slowest]), max(known[fastest])
+    problems = []
+    if fast > slow * (1 + SPEED_TOLERANCE):
+        problems.append(f"the speed probes of these wall-budget cells differ {fast / slow:.2f}x ({slowest}: "
+                        f"{slow:.1f}, {fastest}: {fast:.1f} force steps/s), so equal minutes were not equal "
+                        "training; compare their optimizer steps, or train them again with step_budget")
+    unknown = sorted(cell for cell, v in rates.items() if not v)
+    if unknown:
+        shown = ", ".join(unknown[:4]) + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
+        problems.append(f"{len(unknown)} wall-budget cell(s) carry no speed probe, so their machine's speed is "
+                        f"unknown ({shown})")
+    return "Warning (machine speed): " + "; ".join(problems) + "." if problems else None
 
 
 def dirichlet_ratio(result: dict) -> float:
@@ -263,7 +294,8 @@ def compute_used(results: list[dict]) -> str:
 
 
 def study_tables(study: Study, results: list[dict], extra: list[str] | None = None) -> str:
-    return _tables(study, results, extra) + "\n\n" + compute_used(results)
+    note = machine_speed_note(results)
+    return _tables(study, results, extra) + "\n\n" + compute_used(results) + (f"\n\n{note}" if note else "")
 
 
 def _tables(study: Study, results: list[dict], extra: list[str] | None = None) -> str:

@@ -124,10 +124,16 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
         "val": summary.get("val", {}), "test": summary.get("test", {}),
         "train_wall_time_s": summary.get("wall_time_s"), "cell_wall_time_s": round(time.perf_counter() - started, 1),
         "diagnostics_probe": f"first {PROBE_MOLECULES} test molecules", "diagnostics": diagnostics,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "speed_probes": _speed_probes(run_dir),
     }
     write_atomic(cell_file(out, cell), json.dumps(result, indent=1))
     return result
+
+
+def _speed_probes(run_dir: Path) -> list[dict]:
+    """The machine's speed at the run's start and resumes (runs to a wall budget on the CPU record it)."""
+    path = run_dir / "environment.json"
+    return json.loads(path.read_text()).get("speed_probes", []) if path.is_file() else []
 
 
 def config_identity(config: dict) -> str:

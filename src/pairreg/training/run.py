@@ -72,6 +72,16 @@ def environment(cfg: Config | None = None) -> dict:
     return env
 
 
+def record_speed_probe(path: Path) -> None:
+    """Add a speed probe (training/speed_probe.py) to ``path``'s ``speed_probes``: a run to a wall budget says how
+    fast the machine was at its start and at each resume, since its result depends on it."""
+    from .speed_probe import probe_record
+
+    env = json.loads(path.read_text()) if path.is_file() else {}
+    env.setdefault("speed_probes", []).append(probe_record())
+    write_atomic(path, json.dumps(env, indent=2))
+
+
 def _check_same_split(path: Path, dm: MoleculeDataModule) -> None:
     """A resumed run must see the split it started with (e.g. the data folder did not change)."""
     if not path.is_file():
@@ -268,6 +278,8 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
         write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         write_atomic(run_dir / "environment.json", json.dumps(environment(cfg), indent=2))
         dm.save_split(run_dir / "split.npz")
+    if owner and cfg.time_budget_min is not None and accelerator == "cpu":
+        record_speed_probe(run_dir / "environment.json")
 
     if resume and owner:  # Lightning's CSV logger starts metrics.csv afresh: keep the earlier part
         log = run_dir / "logs" / "metrics.csv"
