@@ -410,3 +410,28 @@ def test_equivariance_matrix_sorts_a_real_pytest_report_by_backbone_and_mitigati
     table = matrix.markdown(cells)
     row = next(line for line in table.splitlines() if line.startswith("| PaiNN "))
     assert row.split(" | ")[1:] == ["pass (2)", "refused", "pass (2) ¹", "pass (1)", "FAIL (1/2)", "– |"]
+
+
+def test_pool_cells_pools_seeds_across_budgets_in_the_open(tmp_path, capsys):
+    """Two committed wall-budget seeds per row and a third trained to a step budget elsewhere: each cell is listed
+    with its budget, the mix is said, and the comparison pools three seeds per row."""
+    pool = _load("pool_cells")
+    records = Path(__file__).parents[1] / "benchmarks" / "records" / "fair-depth-ethanol-30-L4"
+    (tmp_path / "cells").mkdir()
+    for row, forces in (("residual", 13.0), ("pairreg", 15.0)):
+        cell = json.loads((records / "cells" / f"{row}-L4-s0.json").read_text())
+        cell["seed"], cell["cell"] = 2, f"{row}-L4-s2"
+        cell["config"] = {**cell["config"], "time_budget_min": None, "step_budget": 70_000, "seed": 2}
+        cell["test"] = {**cell["test"], "test/forces_mae_meV_per_Angstrom": forces}
+        (tmp_path / "cells" / f"{row}-L4-s2.json").write_text(json.dumps(cell))
+    assert pool.main([str(records), str(tmp_path), "--compare", "residual", "pairreg"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| 30 min |") == 4 and out.count("| 70,000 steps |") == 2
+    assert "Pooled budgets: 30 min, 70,000 steps" in out
+    forces_row = next(line for line in out.splitlines() if line.startswith("| test forces"))
+    assert forces_row.endswith("| 3 vs 3 |")
+    # the same seed from two places is refused rather than counted twice
+    with pytest.raises(SystemExit, match="more than one source"):
+        pool.main([str(records), str(records / "cells" / "residual-L4-s0.json"), "--compare", "residual", "pairreg"])
+    with pytest.raises(SystemExit, match="no such folder"):
+        pool.main([str(tmp_path / "nowhere"), "--compare", "residual", "pairreg"])
