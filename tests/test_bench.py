@@ -725,3 +725,28 @@ def test_a_wall_budget_cell_records_the_machines_speed(tmp_path):
     cells = runner.load_results(tmp_path / "s")
     assert len(cells) == 2 and all(len(c["speed_probes"]) == 1 and c["speed_probes"][0]["force_steps_per_s"] > 0
                                    for c in cells)
+
+
+def test_a_sitting_warns_before_training_wall_budget_cells_on_a_machine_of_another_speed(tmp_path, monkeypatch):
+    """The finished wall-budget cells ran at 50 force steps/s; this machine probes at 100: equal minutes would be
+    twice the training, which the sitting says before it spends them."""
+    assert runner.sitting_speed_note([_timed("none", 0, [50.0, 52.0])], 49.0) is None
+    faster = runner.sitting_speed_note([_timed("none", 0, [50.0, 52.0])], 70.0)
+    assert "70.0 force steps/s" in faster and "50.0-52.0" in faster and "step_budget" in faster
+    assert "carry no speed probe" in runner.sitting_speed_note([_timed("none", 0, None)], 70.0)
+    assert runner.sitting_speed_note([_timed("none", 0, [50.0], minutes=None)], 70.0) is None  # a step budget
+
+    import pairreg.training.speed_probe as speed_probe
+
+    monkeypatch.setattr(speed_probe, "force_steps_per_s", lambda *a, **k: 100.0)
+    out = tmp_path / "s"
+    (out / "cells").mkdir(parents=True)
+    done = dict(_timed("none", 0, [50.0]), cell="none-L1-s0", x=1)
+    (out / "cells" / "none-L1-s0.json").write_text(json.dumps(done))
+    said = []
+    runner.run_study(tiny_study(), out, [*TINY, "time_budget_min=5"], log=said.append)
+    warning = next(m for m in said if "warning" in m)
+    assert "100.0 force steps/s" in warning and "50.0-50.0" in warning
+    assert said.index(warning) < next(k for k, m in enumerate(said) if "cell 2/2" in m)  # before it trains
+    trained = json.loads((out / "cells" / "none-L2-s0.json").read_text())
+    assert trained["speed_probes"][0]["force_steps_per_s"] == 100.0

@@ -10,12 +10,10 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..training.module import FORCE_NAME, metric_name, parse_metric_name
-from .runner import finite, saved_manifest, seed_stats
+from .runner import SPEED_TOLERANCE, finite, saved_manifest, seed_stats, wall_budget_cells
 from .studies import Study, budget_amount, budget_unit, layers, row_label
 
 MITIGATION_ORDER = ("none", "residual", "pairreg", "pairnorm", "g2")
-# Wall-budget cells whose machines' speed probes differ by more than this did not get the same training
-SPEED_TOLERANCE = 0.15
 
 
 def fmt(mean: float, std: float, n: int, spec: str | None = None) -> str:
@@ -248,7 +246,7 @@ def machine_speed_note(results: list[dict]) -> str | None:
 
     Equal minutes on a faster machine are more training: a join of such cells compares machines, not methods.
     """
-    timed = [r for r in results if (r.get("config") or {}).get("time_budget_min") is not None]
+    timed = wall_budget_cells(results)
     rates = {r["cell"]: [p["force_steps_per_s"] for p in r.get("speed_probes") or []] for r in timed}
     known = {cell: v for cell, v in rates.items() if v}
     if not known or len(timed) < 2:

@@ -28,6 +28,8 @@ from ..training.run import RESUME_OVERRIDABLE, resume_config, train
 from .studies import Cell, Study, budget_amount, layers
 
 PROBE_MOLECULES = 100  # first test molecules/frames on which per-layer oversmoothing measures are taken
+# Wall-budget cells whose machines' speed probes differ by more than this did not get the same training
+SPEED_TOLERANCE = 0.15
 
 
 def cell_file(out: Path, cell: Cell) -> Path:
@@ -193,6 +195,52 @@ def describe_cell(cell: Cell) -> str:
     return f"{cell.group}{where}, seed {cell.seed}"
 
 
+def wall_budget_cells(results: list[dict]) -> list[dict]:
+    """The cells trained to ``time_budget_min``: how far they got depends on the machine."""
+    return [r for r in results if (r.get("config") or {}).get("time_budget_min") is not None]
+
+
+def sitting_speed_note(finished: list[dict], rate_now: float) -> str | None:
+    """Before a sitting trains wall-budget cells: a warning when the study's finished wall-budget cells ran more
+    than SPEED_TOLERANCE away from this machine's speed now (``rate_now``: the speed probe, force steps/s), or
+    carry no probe to tell. None when they match, or there is nothing to compare."""
+    timed = wall_budget_cells(finished)
+    if not timed:
+        return None
+    rates = [p["force_steps_per_s"] for r in timed for p in r.get("speed_probes") or []]
+    advice = "train the rest with step_budget=<their optimizer steps> (--row-set per row), or on their machine"
+    if not rates:
+        return (f"the {len(timed)} finished wall-budget cell(s) carry no speed probe, so this machine's speed "
+                f"({rate_now:.1f} force steps/s) cannot be checked against theirs; if they ran on another machine, "
+                f"equal minutes here may not be equal training: {advice}")
+    low, high = min(rates), max(rates)
+    if rate_now > high * (1 + SPEED_TOLERANCE) or rate_now * (1 + SPEED_TOLERANCE) < low:
+        return (f"this machine runs the speed probe at {rate_now:.1f} force steps/s, the finished wall-budget cells "
+                f"ran at {low:.1f}-{high:.1f}: equal minutes here are not equal training; {advice}")
+    return None
+
+
+def _check_sitting_speed(study: Study, todo: list[Cell], out: Path, extra: list[str], log) -> None:
+    """Warn before training wall-budget cells on a machine slower or faster than the finished cells' (CPU only)."""
+    from ..devices import lightning_accelerator
+
+    configs = [cell_config(study, c, out, extra) for c in todo]
+    timed = [cfg for cfg in configs if cfg.time_budget_min is not None and lightning_accelerator(cfg.accelerator) == "cpu"]
+    finished = wall_budget_cells(load_results(out))
+    if not timed or not finished:
+        return
+    from ..training.speed_probe import force_steps_per_s
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(timed[0].threads or threads)
+    try:
+        note = sitting_speed_note(finished, force_steps_per_s())
+    finally:
+        torch.set_num_threads(threads)
+    if note:
+        log(f"[bench {study.name}] warning: {note}")
+
+
 def load_results(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
 
@@ -219,6 +267,8 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
     done_before = len(study.cells) - len(todo)
     if done_before:
         log(f"[bench {study.name}] {done_before} of {len(study.cells)} cells already finished in {out}; skipping them")
+        if todo:
+            _check_sitting_speed(study, todo, out, extra, log)
     dataset = None
     if study.dataset == "qm9" and todo:
         from ..data import qm9
