@@ -10,7 +10,7 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..training.module import FORCE_NAME, metric_name, parse_metric_name
-from .runner import SPEED_TOLERANCE, finite, saved_manifest, seed_stats, wall_budget_cells
+from .runner import SPEED_TOLERANCE, finite, probe_rates, saved_manifest, seed_stats, wall_budget_cells
 from .studies import Study, budget_amount, budget_unit, layers, row_label
 
 MITIGATION_ORDER = ("none", "residual", "pairreg", "pairnorm", "g2")
@@ -247,7 +247,7 @@ def machine_speed_note(results: list[dict]) -> str | None:
     Equal minutes on a faster machine are more training: a join of such cells compares machines, not methods.
     """
     timed = wall_budget_cells(results)
-    rates = {r["cell"]: [p["force_steps_per_s"] for p in r.get("speed_probes") or []] for r in timed}
+    rates = {r["cell"]: probe_rates(r) for r in timed}
     known = {cell: v for cell, v in rates.items() if v}
     if not known or len(timed) < 2:
         return None

@@ -200,6 +200,11 @@ def wall_budget_cells(results: list[dict]) -> list[dict]:
     return [r for r in results if (r.get("config") or {}).get("time_budget_min") is not None]
 
 
+def probe_rates(result: dict) -> list[float]:
+    """A cell's speed probes (force steps/s): one per sitting it trained in, none before pairreg kept them."""
+    return [p["force_steps_per_s"] for p in result.get("speed_probes") or []]
+
+
 def sitting_speed_note(finished: list[dict], rate_now: float) -> str | None:
     """Before a sitting trains wall-budget cells: a warning when the study's finished wall-budget cells ran more
     than SPEED_TOLERANCE away from this machine's speed now (``rate_now``: the speed probe, force steps/s), or
@@ -207,7 +212,7 @@ def sitting_speed_note(finished: list[dict], rate_now: float) -> str | None:
     timed = wall_budget_cells(finished)
     if not timed:
         return None
-    rates = [p["force_steps_per_s"] for r in timed for p in r.get("speed_probes") or []]
+    rates = [rate for r in timed for rate in probe_rates(r)]
     advice = "train the rest with step_budget=<their optimizer steps> (--row-set per row), or on their machine"
     if not rates:
         return (f"the {len(timed)} finished wall-budget cell(s) carry no speed probe, so this machine's speed "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 
+import numpy as np
 import torch
 
 PROBE_STEPS = 15  # timed steps per repeat (~0.2 s on a 2-core development machine with one thread)
@@ -27,7 +28,7 @@ PROBE_ATOMS, PROBE_MOLECULES = 9, 4
 def _probe_batch(generator: torch.Generator):
     from ..data.molecules import make_batch
 
-    zs = [torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1]).numpy() for _ in range(PROBE_MOLECULES)]
+    zs = [np.array([6, 6, 8, 1, 1, 1, 1, 1, 1]) for _ in range(PROBE_MOLECULES)]  # ethanol's elements
     positions = [(1.5 * torch.randn(PROBE_ATOMS, 3, generator=generator, dtype=torch.float64)).numpy()
                  for _ in range(PROBE_MOLECULES)]
     return make_batch(zs, positions)
