@@ -258,10 +258,11 @@ def budget_training(ds, args, device) -> dict:
                                                         "data_on_device", "compile")},
               "matmul_precision": args.train_precision, "summary": summary}
     step = load_checkpoint(summary["run_dir"], "last").get("global_step")
-    if step and summary.get("training_time_s"):
+    if step:
+        result["optimizer_steps"] = int(step)
+    if step and summary.get("training_time_s"):  # a toy run can round to 0.0 s: then no rate
         # optimiser steps × batch counts each epoch's last, smaller batch as a full one (at most B−1 extra)
         result["train_mol_per_s_end_to_end"] = step * cfg.batch_size / summary["training_time_s"]
-        result["optimizer_steps"] = int(step)
     return result
 
 
