@@ -435,3 +435,32 @@ def test_pool_cells_pools_seeds_across_budgets_in_the_open(tmp_path, capsys):
         pool.main([str(records), str(records / "cells" / "residual-L4-s0.json"), "--compare", "residual", "pairreg"])
     with pytest.raises(SystemExit, match="no such folder"):
         pool.main([str(tmp_path / "nowhere"), "--compare", "residual", "pairreg"])
+
+
+def test_step_budgets_interpolates_time_per_step_between_measured_depths(tmp_path, capsys):
+    """Cells whose time per step follows t = 10 ms · (L/2)^0.75: measured depths give their mean steps, a depth in
+    between gets the power law's value exactly, and what cannot be derived is said, not guessed."""
+    budgets = _load("step_budgets")
+    (tmp_path / "cells").mkdir()
+
+    def cell(name, depth, steps, **config):
+        data = {"group": "none", "x": depth, "seed": 0, "optimizer_steps": steps,
+                "config": {"time_budget_min": 30, "step_budget": None} | config}
+        (tmp_path / "cells" / f"{name}.json").write_text(json.dumps(data))
+
+    def steps_at(depth):
+        return 1800 / (0.010 * (depth / 2) ** 0.75)
+
+    cell("L2-s0", 2, round(steps_at(2)) - 100)
+    cell("L2-s1", 2, round(steps_at(2)) + 100)
+    cell("L8-s0", 8, round(steps_at(8)))
+    cell("L4-steps", 4, 5, time_budget_min=None, step_budget=5)  # a step-budget cell: ignored
+    assert budgets.main([str(tmp_path), "--depths", "4", "16"]) == 0
+    out = capsys.readouterr().out
+    assert f"| none | 2 | 2 | {round(steps_at(2)):,} |" in out
+    row4 = next(line for line in out.splitlines() if line.startswith("| none | 4 |"))
+    assert abs(int(row4.split(" | ")[3].replace(",", "")) - steps_at(4)) <= 1 and "interpolated" in row4
+    assert "depth 16 is outside the measured depths" in out
+    cell("L8-s1", 8, 1000, time_budget_min=60)
+    with pytest.raises(SystemExit, match="mix wall budgets"):
+        budgets.main([str(tmp_path)])
