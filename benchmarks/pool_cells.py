@@ -6,10 +6,11 @@ the mean optimiser steps that 30 minutes gave the earlier seeds, on the machine 
 the same training and may be pooled; this script does that in the open: it lists every cell with its budget and
 steps, then prints `--compare`'s table (mean ± std over the pooled seeds, Welch's p).
 
-Run:  .venv/bin/python benchmarks/pool_cells.py FOLDER_OR_CELL_JSON ... --compare ROW_A ROW_B [--x X]
+Run:  .venv/bin/python benchmarks/pool_cells.py FOLDER_OR_CELL_JSON ... --compare ROW_A ROW_B [--x X | --depths XA XB]
 
 e.g.  benchmarks/pool_cells.py benchmarks/records/fair-depth-ethanol-30-L4 runs/bench/fair-L4-steps \
           --compare residual pairreg
+      benchmarks/pool_cells.py FOLDERS ... --compare pairreg pairreg --depths 2 8    # one row across depths
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", help="study folders (their cells/*.json) or cell JSON files")
     parser.add_argument("--compare", nargs=2, metavar=("ROW_A", "ROW_B"), required=True)
-    parser.add_argument("--x", type=float, default=None, help="only cells at this column (e.g. depth 4)")
+    columns = parser.add_mutually_exclusive_group()
+    columns.add_argument("--x", type=float, default=None, help="only cells at this column (e.g. depth 4)")
+    columns.add_argument("--depths", nargs=2, type=float, metavar=("XA", "XB"), default=None,
+                         help="ROW_A's cells at column XA against ROW_B's at XB (the same row twice: depth against depth)")
     args = parser.parse_args(argv)
     results = [json.loads(p.read_text()) | {"source": str(p)} for p in cell_files(args.sources)]
-    results = [r for r in results if r["group"] in args.compare and (args.x is None or r["x"] == args.x)]
+    keep = [args.x] if args.x is not None else args.depths
+    results = [r for r in results if r["group"] in args.compare and (keep is None or r["x"] in keep)]
     seen = {(r["group"], r["x"], r["seed"]) for r in results}
     if len(seen) < len(results):
         raise SystemExit("pool_cells: the same row, column and seed comes from more than one source; pass one of them")
@@ -69,7 +74,11 @@ def main(argv=None) -> int:
     if len(budgets) > 1:
         print(f"\nPooled budgets: {', '.join(budgets)} (the comparison below treats them as the same training)")
     print()
-    print(compare_table(results, *args.compare))
+    if args.depths:
+        xa, xb = (int(x) if x.is_integer() else x for x in args.depths)
+        print(compare_table(results, *args.compare, depth_a=xa, depth_b=xb))
+    else:
+        print(compare_table(results, *args.compare))
     return 0
 
 
