@@ -6,11 +6,12 @@ the mean optimiser steps that 30 minutes gave the earlier seeds, on the machine 
 the same training and may be pooled; this script does that in the open: it lists every cell with its budget and
 steps, then prints `--compare`'s table (mean ± std over the pooled seeds, Welch's p).
 
-Run:  .venv/bin/python benchmarks/pool_cells.py FOLDER_OR_CELL_JSON ... --compare ROW_A ROW_B [--x X | --depths XA XB]
+Run:  .venv/bin/python benchmarks/pool_cells.py FOLDER_OR_CELL_JSON ... --compare ROW_A ROW_B [--x X]
 
 e.g.  benchmarks/pool_cells.py benchmarks/records/fair-depth-ethanol-30-L4 runs/bench/fair-L4-steps \
           --compare residual pairreg
-      benchmarks/pool_cells.py FOLDERS ... --compare pairreg pairreg --depths 2 8    # one row across depths
+      benchmarks/pool_cells.py FOLDERS ... --compare pairreg@2 pairreg@8    # one row at two depths, as in
+                                                                             # `pairreg bench --compare none@9 none@12`
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from pairreg.bench.report import _metric, compare_table
+from pairreg.cli.bench_cmd import _row_at_column
 from pairreg.training.module import FORCE_NAME
 
 
@@ -52,20 +54,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", help="study folders (their cells/*.json) or cell JSON files")
     parser.add_argument("--compare", nargs=2, metavar=("ROW_A", "ROW_B"), required=True)
-    columns = parser.add_mutually_exclusive_group()
-    columns.add_argument("--x", type=float, default=None, help="only cells at this column (e.g. depth 4)")
-    columns.add_argument("--depths", nargs=2, type=float, metavar=("XA", "XB"), default=None,
-                         help="ROW_A's cells at column XA against ROW_B's at XB (the same row twice: depth against depth)")
+    parser.add_argument("--x", type=float, default=None, help="only cells at this column (e.g. depth 4)")
     args = parser.parse_args(argv)
+    (row_a, x_a), (row_b, x_b) = map(_row_at_column, args.compare)
+    if x_a is not None or x_b is not None:  # ROW@X: one cell of the grid against another (x_a or x_b alone: both)
+        if args.x is not None:
+            raise SystemExit("pool_cells: give the columns either as ROW@X in --compare or with --x, not both")
+        x_a, x_b = (x_a if x_a is not None else x_b), (x_b if x_b is not None else x_a)
+    elif args.x is not None:
+        x_a = x_b = args.x
     results = [json.loads(p.read_text()) | {"source": str(p)} for p in cell_files(args.sources)]
-    keep = [args.x] if args.x is not None else args.depths
-    results = [r for r in results if r["group"] in args.compare and (keep is None or r["x"] in keep)]
+    results = [r for r in results if any(r["group"] == row and x in (None, r["x"]) for row, x in ((row_a, x_a), (row_b, x_b)))]
     seen = {(r["group"], r["x"], r["seed"]) for r in results}
     if len(seen) < len(results):
         raise SystemExit("pool_cells: the same row, column and seed comes from more than one source; pass one of them")
     print("| row | x | seed | budget | optimizer steps | test energy (meV) | test forces (meV/Å) | source |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in sorted(results, key=lambda r: (args.compare.index(r["group"]), r["x"] or 0, r["seed"])):
+    for r in sorted(results, key=lambda r: ([row_a, row_b].index(r["group"]), r["x"] or 0, r["seed"])):
         energy, forces = _metric(r, "test", "energy", "meV"), _metric(r, "test", FORCE_NAME, "meV/Angstrom")
         cells = [r["group"], r["x"], r["seed"], budget(r), f"{r.get('optimizer_steps') or 0:,}",
                  "–" if energy is None else f"{energy:.3f}", "–" if forces is None else f"{forces:.2f}", r["source"]]
@@ -74,11 +79,10 @@ def main(argv=None) -> int:
     if len(budgets) > 1:
         print(f"\nPooled budgets: {', '.join(budgets)} (the comparison below treats them as the same training)")
     print()
-    if args.depths:
-        xa, xb = (int(x) if x.is_integer() else x for x in args.depths)
-        print(compare_table(results, *args.compare, depth_a=xa, depth_b=xb))
+    if x_a is not None and x_a != x_b:
+        print(compare_table(results, row_a, row_b, depth_a=x_a, depth_b=x_b))
     else:
-        print(compare_table(results, *args.compare))
+        print(compare_table(results, row_a, row_b))
     return 0
 
 

@@ -467,13 +467,14 @@ def test_step_budgets_interpolates_time_per_step_between_measured_depths(tmp_pat
 
 
 def test_pool_cells_follows_one_row_across_depths(capsys):
-    """--depths XA XB: the same row's cells at two depths, compared (2 seeds at 2 layers, 3 at 8 in the record)."""
+    """--compare ROW@XA ROW@XB: the same row's cells at two depths, compared (2 seeds at 2 layers, 3 at 8 in the
+    record), as `pairreg bench --compare` does within one folder."""
     pool = _load("pool_cells")
     records = Path(__file__).parents[1] / "benchmarks" / "records" / "depth-ethanol-30"
-    assert pool.main([str(records), "--compare", "pairreg", "pairreg", "--depths", "2", "8"]) == 0
+    assert pool.main([str(records), "--compare", "pairreg@2", "pairreg@8"]) == 0
     out = capsys.readouterr().out
     assert "| pairreg | 16 |" not in out  # only the two depths asked for are listed
     forces = next(line for line in out.splitlines() if line.startswith("| test forces"))
     assert forces.endswith("| 2 vs 3 |") and "| target | pairreg, 2 layers | pairreg, 8 layers |" in out
     with pytest.raises(SystemExit):
-        pool.main([str(records), "--compare", "pairreg", "pairreg", "--depths", "2", "8", "--x", "2"])
+        pool.main([str(records), "--compare", "pairreg@2", "pairreg@8", "--x", "2"])
