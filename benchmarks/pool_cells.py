@@ -41,6 +41,11 @@ def cell_files(sources: list[str]) -> list[Path]:
     return files
 
 
+def load_cells(sources: list[str]) -> list[dict]:
+    """The finished cells of the sources, each with the file it came from under "source"."""
+    return [json.loads(p.read_text()) | {"source": str(p)} for p in cell_files(sources)]
+
+
 def budget(result: dict) -> str:
     config = result.get("config") or {}
     if config.get("time_budget_min") is not None:
@@ -63,7 +68,7 @@ def main(argv=None) -> int:
         x_a, x_b = (x_a if x_a is not None else x_b), (x_b if x_b is not None else x_a)
     elif args.x is not None:
         x_a = x_b = args.x
-    results = [json.loads(p.read_text()) | {"source": str(p)} for p in cell_files(args.sources)]
+    results = load_cells(args.sources)
     results = [r for r in results if any(r["group"] == row and x in (None, r["x"]) for row, x in ((row_a, x_a), (row_b, x_b)))]
     seen = {(r["group"], r["x"], r["seed"]) for r in results}
     if len(seen) < len(results):

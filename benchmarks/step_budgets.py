@@ -14,24 +14,25 @@ e.g.  benchmarks/step_budgets.py benchmarks/records/depth-ethanol-30 --depths 12
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pool_cells import cell_files  # noqa: E402
+from pool_cells import load_cells  # noqa: E402
+
+from pairreg.bench.runner import wall_budget_cells  # noqa: E402
 
 
 def steps_per_cell(sources: list[str]) -> tuple[dict, float]:
     """{(row, depth): [optimiser steps of each wall-budget cell]} and the budget in seconds."""
     per_cell, budgets = defaultdict(list), set()
-    for path in cell_files(sources):
-        result = json.loads(path.read_text())
-        minutes = (result.get("config") or {}).get("time_budget_min")
-        if minutes is None or not result.get("optimizer_steps"):
-            continue  # step- or epoch-budget cells say nothing about what a wall budget gives
+    # step- or epoch-budget cells say nothing about what a wall budget gives
+    for result in wall_budget_cells(load_cells(sources)):
+        if not result.get("optimizer_steps"):
+            continue
+        minutes = result["config"]["time_budget_min"]
         budgets.add(float(minutes))
         per_cell[(result["group"], result["x"])].append(result["optimizer_steps"])
     if not per_cell:
