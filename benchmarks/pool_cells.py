@@ -61,7 +61,10 @@ def main(argv=None) -> int:
     parser.add_argument("--compare", nargs=2, metavar=("ROW_A", "ROW_B"), required=True)
     parser.add_argument("--x", type=float, default=None, help="only cells at this column (e.g. depth 4)")
     args = parser.parse_args(argv)
-    (row_a, x_a), (row_b, x_b) = map(_row_at_column, args.compare)
+    try:
+        (row_a, x_a), (row_b, x_b) = map(_row_at_column, args.compare)
+    except ValueError as err:  # e.g. pairreg@eight: say which argument, not a traceback
+        parser.error(str(err))
     if x_a is not None or x_b is not None:  # ROW@X: one cell of the grid against another (x_a or x_b alone: both)
         if args.x is not None:
             raise SystemExit("pool_cells: give the columns either as ROW@X in --compare or with --x, not both")

@@ -478,3 +478,6 @@ def test_pool_cells_follows_one_row_across_depths(capsys):
     assert forces.endswith("| 2 vs 3 |") and "| target | pairreg, 2 layers | pairreg, 8 layers |" in out
     with pytest.raises(SystemExit):
         pool.main([str(records), "--compare", "pairreg@2", "pairreg@8", "--x", "2"])
+    with pytest.raises(SystemExit):  # a depth that is not a number: argparse's error naming the argument
+        pool.main([str(records), "--compare", "pairreg@two", "pairreg@8"])
+    assert "--compare pairreg@two" in capsys.readouterr().err
