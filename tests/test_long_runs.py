@@ -133,14 +133,16 @@ def test_nan_loss_without_the_guard_stops_with_step_and_keeps_last_good_checkpoi
     assert not (run / "metrics.json").exists()
 
 
-def test_nan_loss_before_the_first_validation_stops_even_with_the_guard(tmp_path, monkeypatch):
-    from pairreg.training.losses import NonFiniteLossError
+def test_nan_loss_before_the_first_validation_goes_back_to_the_initial_weights(tmp_path, monkeypatch, capsys):
     from pairreg.training.run import train
 
-    _poison_loss(monkeypatch, lambda n: n == 5)  # no validated weights to return to yet
+    _poison_loss(monkeypatch, lambda n: n == 5)  # no validated weights yet: the guard returns to where it started
     cfg = load_config(None, [*TINY, "epochs=2", "batch_size=4", f"out={tmp_path}", "name=early"])
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 5, global step 5"):
-        train(cfg)
+    summary = train(cfg)
+    assert ("divergence guard: epoch 1: non-finite training loss (nan) at batch 5, global step 5; rolled back to "
+            "the initial weights with lr × 0.5") in capsys.readouterr().err
+    assert summary["lr_scale"] == 0.5 and summary["epochs_run"] == 2
+    assert math.isfinite(summary["test"]["test/energy_mae_meV"])
 
 
 def test_a_nan_training_loss_mid_epoch_is_rolled_back_and_training_goes_on(tmp_path, monkeypatch, capsys):

@@ -259,6 +259,16 @@ def test_guard_sees_a_collapse_to_the_zero_force_floor_only_after_learning():
     assert "nan" in guard._diverged(float("nan"), None)
 
 
+def test_guard_sees_a_model_that_predicts_no_forces_after_learning():
+    from pairreg.training.callbacks import LrControl
+
+    guard = LrControl(forces_metric="val/forces", force_floor=900.0)
+    assert guard._diverged(1.0, 900.0) is None  # never left the floor: an untrained model predicts ~0 forces
+    guard.best_forces = 500.0  # learned a little, not to half the floor (a 12-layer run: 448 of 862.6), then fell
+    assert "the model predicts no forces (best 500)" in guard._diverged(1.0, 900.4)
+    assert guard._diverged(1.0, 880.0) is None  # near the floor but not at it: the half-floor rule's business
+
+
 # presets written as rmd17-1h plus a few keys: nothing else differs
 RMD17_1H_VARIANTS = {
     "rmd17-painn-1h": ["backbone=painn", "n_layers=3", "hidden=128", "cutoff_A=5", "n_rbf=20", "rbf=bessel",

@@ -18,6 +18,7 @@ from .schedules import PlateauScale
 
 __all__ = ["DivergenceError", "LrControl", "detach_weight_averaging", "weight_averaging"]
 MAX_ROLLBACKS = 3
+NO_FORCES_TOLERANCE = 1e-3  # a force MAE this close to the zero-force floor (relative): the model predicts ~0
 
 
 def weight_averaging(decay: float) -> EMAWeightAveraging:
@@ -68,8 +69,13 @@ class LrControl(L.Callback):
     The guard keeps a copy of the raw weights of the best validation so far. A validation whose score
     ``monitor`` is over ``explode_ratio`` × the best, non-finite, or whose force MAE is back at the zero-force
     floor (≥ 0.9 × ``force_floor``) after having been under half of it, rolls the weights back to that copy,
-    clears the optimiser's moments, halves ``lr_scale`` and says so on stderr. A non-finite training loss
-    between validations does the same at once (:meth:`roll_back_step`). After :data:`MAX_ROLLBACKS`
+    clears the optimiser's moments, halves ``lr_scale`` and says so on stderr. So does a model that predicts
+    no forces (force MAE within :data:`NO_FORCES_TOLERANCE` of the floor) after having been under 0.9 × the
+    floor: a 12-layer PairReg run at lr 4e-3 went 532 → 448 → 862.6 meV/Å in its first three epochs and then
+    sat at the floor for the rest of its budget, under the half-floor rule's notice (2026-12-06). A model
+    that has never left the floor is not a collapse (ours start near zero forces and a small dataset's first
+    epochs stay there). Until a validation gives a copy, the copy is the weights training started from. A
+    non-finite training loss between validations does the same at once (:meth:`roll_back_step`). After :data:`MAX_ROLLBACKS`
     rollbacks it stops the run with :class:`DivergenceError`. Runs before the checkpoint callback, so the
     epoch's checkpoint holds the rolled-back state.
     """
@@ -82,6 +88,7 @@ class LrControl(L.Callback):
         self.best_epoch = -1
         self.best_forces = math.inf
         self.good_state = None
+        self.good_label = "the initial weights"
         self.rollbacks = 0
         self.rolled_back_epoch = None  # the epoch whose validation was just undone (read by AtomicCheckpoint)
 
@@ -95,6 +102,10 @@ class LrControl(L.Callback):
         if self.plateau is not None and state.get("plateau"):
             self.plateau.load_state_dict(state["plateau"])
 
+    def _predicts_no_forces(self, forces: float | None) -> bool:
+        return (forces is not None and bool(self.force_floor)
+                and abs(forces - self.force_floor) <= NO_FORCES_TOLERANCE * self.force_floor)
+
     def _diverged(self, value: float, forces: float | None) -> str | None:
         if not math.isfinite(value):
             return f"{self.monitor} is {value}"
@@ -104,7 +115,17 @@ class LrControl(L.Callback):
                 and self.best_forces < 0.5 * self.force_floor):
             return (f"the force MAE {forces:.4g} is back at the zero-force floor {self.force_floor:.4g} "
                     f"(best {self.best_forces:.4g})")
+        if self._predicts_no_forces(forces) and self.best_forces < 0.9 * self.force_floor:
+            return (f"the force MAE {forces:.4g} is the zero-force floor {self.force_floor:.4g}: the model predicts "
+                    f"no forces (best {self.best_forces:.4g})")
         return None
+
+    def on_train_start(self, trainer, pl_module):
+        # the copy to return to before any validation has given one (after a resume: the resumed weights)
+        if self.guard and self.good_state is None:
+            self.good_state = copy.deepcopy(pl_module.state_dict())
+            if trainer.current_epoch > 0:
+                self.good_label = f"the resumed weights of epoch {trainer.current_epoch}"
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != "fit" or self.monitor not in trainer.callback_metrics:
@@ -122,6 +143,7 @@ class LrControl(L.Callback):
                 self.best_forces = min(self.best_forces, forces)
             if self.guard:
                 self.good_state = copy.deepcopy(pl_module.state_dict())
+                self.good_label = f"the weights of epoch {trainer.current_epoch + 1}"
         if self.plateau is not None and self.plateau.update(value):
             pl_module.lr_scale *= self.plateau.factor
             if trainer.is_global_zero:
@@ -131,8 +153,9 @@ class LrControl(L.Callback):
 
     def roll_back_step(self, trainer, pl_module, reason: str) -> bool:
         """A non-finite training loss in the middle of an epoch: roll back now, as after a diverged validation,
-        and return True (the caller then skips this optimiser step); False where the guard cannot (off, no
-        validation yet to return to, or several processes, which would have to skip the step together)."""
+        and return True (the caller then skips this optimiser step); before the first validation the weights go
+        back to those training started from. False where the guard cannot (off, or several processes, which
+        would have to skip the step together)."""
         if not self.guard or self.good_state is None or trainer.world_size > 1:
             return False
         self._roll_back(trainer, pl_module, reason, during_validation=False)
@@ -154,6 +177,6 @@ class LrControl(L.Callback):
             opt.state.clear()
         pl_module.lr_scale *= 0.5
         if trainer.is_global_zero:
-            print(f"[pairreg] divergence guard: epoch {epoch}: {reason}; rolled back to the weights of epoch "
-                  f"{self.best_epoch + 1} with lr × 0.5 (now {pl_module.lr_scale:.3g} × the schedule; rollback "
+            print(f"[pairreg] divergence guard: epoch {epoch}: {reason}; rolled back to {self.good_label} "
+                  f"with lr × 0.5 (now {pl_module.lr_scale:.3g} × the schedule; rollback "
                   f"{self.rollbacks} of {MAX_ROLLBACKS})", file=sys.stderr, flush=True)
