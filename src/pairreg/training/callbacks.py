@@ -74,7 +74,7 @@ class LrControl(L.Callback):
     floor: a 12-layer PairReg run at lr 4e-3 went 532 → 448 → 862.6 meV/Å in its first three epochs and then
     sat at the floor for the rest of its budget, under the half-floor rule's notice (2026-12-06). A model
     that has never left the floor is not a collapse (ours start near zero forces and a small dataset's first
-    epochs stay there). Until a validation gives a copy, the copy is the weights training started from. A
+    epochs stay there). Until a validation gives a copy, a non-finite training loss returns to the weights training started from. A
     non-finite training loss between validations does the same at once (:meth:`roll_back_step`). After :data:`MAX_ROLLBACKS`
     rollbacks it stops the run with :class:`DivergenceError`. Runs before the checkpoint callback, so the
     epoch's checkpoint holds the rolled-back state.
@@ -89,6 +89,7 @@ class LrControl(L.Callback):
         self.best_forces = math.inf
         self.good_state = None
         self.good_label = "the initial weights"
+        self.good_validated = False  # the copy passed a validation (else: the initial weights)
         self.rollbacks = 0
         self.rolled_back_epoch = None  # the epoch whose validation was just undone (read by AtomicCheckpoint)
 
@@ -124,8 +125,9 @@ class LrControl(L.Callback):
         # the copy to return to before any validation has given one (after a resume: the resumed weights)
         if self.guard and self.good_state is None:
             self.good_state = copy.deepcopy(pl_module.state_dict())
-            if trainer.current_epoch > 0:
+            if trainer.current_epoch > 0:  # a checkpoint is written only after its epoch's validation
                 self.good_label = f"the resumed weights of epoch {trainer.current_epoch}"
+                self.good_validated = True
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != "fit" or self.monitor not in trainer.callback_metrics:
@@ -134,7 +136,9 @@ class LrControl(L.Callback):
         forces = (float(trainer.callback_metrics[self.forces_metric])
                   if self.forces_metric and self.forces_metric in trainer.callback_metrics else None)
         reason = self._diverged(value, forces) if self.guard else None
-        if reason is not None and self.good_state is not None:
+        # a validation's verdict needs a validated state to return to; else the run stops as before (the first
+        # validation is NaN: nothing was ever good, and no best checkpoint could follow)
+        if reason is not None and self.good_validated:
             self._roll_back(trainer, pl_module, reason)
             return
         if value < self.best:
@@ -144,6 +148,7 @@ class LrControl(L.Callback):
             if self.guard:
                 self.good_state = copy.deepcopy(pl_module.state_dict())
                 self.good_label = f"the weights of epoch {trainer.current_epoch + 1}"
+                self.good_validated = True
         if self.plateau is not None and self.plateau.update(value):
             pl_module.lr_scale *= self.plateau.factor
             if trainer.is_global_zero:
