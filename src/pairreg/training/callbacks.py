@@ -74,10 +74,10 @@ class LrControl(L.Callback):
     floor: a 12-layer PairReg run at lr 4e-3 went 532 → 448 → 862.6 meV/Å in its first three epochs and then
     sat at the floor for the rest of its budget, under the half-floor rule's notice (2026-12-06). A model
     that has never left the floor is not a collapse (ours start near zero forces and a small dataset's first
-    epochs stay there). Until a validation gives a copy, a non-finite training loss returns to the weights training started from. A
-    non-finite training loss between validations does the same at once (:meth:`roll_back_step`). After :data:`MAX_ROLLBACKS`
-    rollbacks it stops the run with :class:`DivergenceError`. Runs before the checkpoint callback, so the
-    epoch's checkpoint holds the rolled-back state.
+    epochs stay there). A non-finite training loss between validations does the same at once
+    (:meth:`roll_back_step`); before the first validation it returns to the weights training started from.
+    After :data:`MAX_ROLLBACKS` rollbacks it stops the run with :class:`DivergenceError`. Runs before the
+    checkpoint callback, so the epoch's checkpoint holds the rolled-back state.
     """
 
     def __init__(self, monitor: str = "val/mae_std", plateau: PlateauScale | None = None, guard: bool = True,
