@@ -481,3 +481,38 @@ def test_pool_cells_follows_one_row_across_depths(capsys):
     with pytest.raises(SystemExit):  # a depth that is not a number: argparse's error naming the argument
         pool.main([str(records), "--compare", "pairreg@two", "pairreg@8"])
     assert "--compare pairreg@two" in capsys.readouterr().err
+
+
+def test_compute_used_counts_each_trained_cell_once_at_wall_time_times_threads(tmp_path, capsys):
+    """A study cell copied into a second folder is counted once; a time-to-accuracy pair (ours with `threads`, MACE
+    with its settings' threads) costs wall time × threads; QM9 cells group under their dataset, not the default
+    molecule their config also carries; a file that is not a finished cell is named."""
+    used = _load("compute_used")
+
+    def write(folder, name, cell):
+        (tmp_path / folder / "cells").mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "cells" / f"{name}.json").write_text(json.dumps(cell))
+
+    study_cell = {"cell": "none-L2-s0", "seed": 0, "train_wall_time_s": 1700.0, "cell_wall_time_s": 1800.0,
+                  "torch_threads": 2, "config": {"dataset": "rmd17", "molecule": "ethanol"},
+                  "test": {"test/forces_mae_meV_per_Angstrom": 13.7}}
+    write("depth", "none-L2-s0", study_cell)
+    write("depth-joined", "none-L2-s0", study_cell | {"reused_from": "depth/cells/none-L2-s0.json"})
+    write("depth-joined", "none-L2-s1", study_cell | {"cell": "none-L2-s1", "seed": 1})
+    write("tta", "aspirin-10min-ours", {"model": "ours", "molecule": "aspirin", "budget_min": 10.0, "threads": 1,
+                                        "training_time_s": 600.0, "wall_time_s": 720.0, "energy_mae_meV": 20.0})
+    write("tta", "aspirin-10min-mace", {"model": "mace", "molecule": "aspirin", "budget_min": 10.0,
+                                        "settings": {"threads": 1}, "training_time_s": 610.0, "wall_time_s": 900.0,
+                                        "energy_mae_meV": 30.0})
+    write("qm9", "none-s0", {"cell": "none-s0", "seed": 0, "cell_wall_time_s": 3600.0, "torch_threads": 1,
+                             "config": {"dataset": "qm9", "molecule": "aspirin"}, "test": {"test/homo_mae_meV": 60.0}})
+    hours, counted, copies = used.tally([tmp_path], by="folder")
+    assert (counted, copies) == (5, 1)
+    assert hours == pytest.approx({"depth": 1.0, "depth-joined": 1.0, "tta": 0.45, "qm9": 1.0})
+    assert used.main([str(tmp_path), "--by", "molecule"]) == 0
+    out = capsys.readouterr().out
+    assert "| ethanol  |       2.00 |" in out and "| aspirin  |       0.45 |" in out and "| qm9      |       1.00 |" in out
+    assert "| total    |       3.45 |" in out and "5 cells counted once each, 1 copies skipped" in out
+    write("broken", "x", {"cell": "x", "config": {}})
+    with pytest.raises(SystemExit, match="broken/cells/x.json: not a finished cell"):
+        used.tally([tmp_path / "broken"])
