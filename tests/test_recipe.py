@@ -269,6 +269,59 @@ def test_guard_sees_a_model_that_predicts_no_forces_after_learning():
     assert guard._diverged(1.0, 880.0) is None  # near the floor but not at it: the half-floor rule's business
 
 
+def _fake_fit(module, callbacks):
+    from types import SimpleNamespace
+    return SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="fit"), callback_metrics={},
+                           current_epoch=0, callbacks=callbacks, optimizers=[], is_global_zero=True, world_size=1)
+
+
+def _validate(guard, trainer, module, epoch, score, forces):
+    trainer.current_epoch = epoch
+    trainer.callback_metrics = {"val/mae_std": torch.tensor(score), "val/forces": torch.tensor(forces)}
+    with torch.no_grad():
+        module.weight.add_(0.01)  # an epoch of training
+    guard.on_validation_end(trainer, module)
+
+
+def test_guard_restarts_a_network_that_stopped_learning_at_the_floor(capsys):
+    """A 16-layer aspirin run fell to a constant energy and zero forces in its second epoch and stayed there with
+    identical scores: the guard restarts it from its first weights at half the rate, even though its best score
+    (the constant mean energy's) belongs to the dead network and it never left the zero-force floor."""
+    from pairreg.training.callbacks import STUCK_VALIDATIONS, LrControl
+
+    module = torch.nn.Linear(2, 1)
+    module.lr_scale = 1.0
+    start = module.weight.detach().clone()
+    guard = LrControl(forces_metric="val/forces", force_floor=900.0)
+    trainer = _fake_fit(module, [guard])
+    guard.on_train_start(trainer, module)
+    _validate(guard, trainer, module, 0, 3.4, 896.0)  # alive, near the floor
+    for epoch in range(1, STUCK_VALIDATIONS):
+        _validate(guard, trainer, module, epoch, 1.0, 900.0)  # dead: the best score so far
+        assert module.lr_scale == 1.0
+    _validate(guard, trainer, module, STUCK_VALIDATIONS, 1.0, 900.0)
+    err = capsys.readouterr().err
+    assert "stopped learning" in err and "rolled back to the weights training started from" in err
+    assert torch.equal(module.weight, start) and module.lr_scale == 0.5
+    assert guard.best == math.inf and guard.rolled_back_epoch == STUCK_VALIDATIONS
+
+
+def test_guard_leaves_a_network_at_the_floor_alone_while_its_score_moves(capsys):
+    from pairreg.training.callbacks import STUCK_VALIDATIONS, LrControl
+
+    module = torch.nn.Linear(2, 1)
+    module.lr_scale = 1.0
+    guard = LrControl(forces_metric="val/forces", force_floor=900.0)
+    trainer = _fake_fit(module, [guard])
+    guard.on_train_start(trainer, module)
+    for epoch in range(3 * STUCK_VALIDATIONS):  # at the floor, learning the energy first
+        _validate(guard, trainer, module, epoch, 1.0 - 0.01 * epoch, 900.0)
+    # unchanged scores, but off the floor: a trained model late in its schedule, not a dead one
+    for epoch in range(3 * STUCK_VALIDATIONS, 5 * STUCK_VALIDATIONS):
+        _validate(guard, trainer, module, epoch, 0.5, 300.0)
+    assert module.lr_scale == 1.0 and "divergence guard" not in capsys.readouterr().err
+
+
 # presets written as rmd17-1h plus a few keys: nothing else differs
 RMD17_1H_VARIANTS = {
     "rmd17-painn-1h": ["backbone=painn", "n_layers=3", "hidden=128", "cutoff_A=5", "n_rbf=20", "rbf=bessel",

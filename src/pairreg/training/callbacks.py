@@ -19,6 +19,8 @@ from .schedules import PlateauScale
 __all__ = ["DivergenceError", "LrControl", "detach_weight_averaging", "weight_averaging"]
 MAX_ROLLBACKS = 3
 NO_FORCES_TOLERANCE = 1e-3  # a force MAE this close to the zero-force floor (relative): the model predicts ~0
+STUCK_TOLERANCE = 1e-4  # a validation score changed less than this (relative) since the last one: not learning
+STUCK_VALIDATIONS = 3  # this many validations in a row at the floor with an unchanged score: a dead model
 
 
 def weight_averaging(decay: float) -> EMAWeightAveraging:
@@ -74,7 +76,12 @@ class LrControl(L.Callback):
     floor: a 12-layer PairReg run at lr 4e-3 went 532 → 448 → 862.6 meV/Å in its first three epochs and then
     sat at the floor for the rest of its budget, under the half-floor rule's notice (2026-12-06). A model
     that has never left the floor is not a collapse (ours start near zero forces and a small dataset's first
-    epochs stay there). A non-finite training loss between validations does the same at once
+    epochs stay there) unless it has stopped moving: :data:`STUCK_VALIDATIONS` validations in a row that
+    predict no forces with a score unchanged to :data:`STUCK_TOLERANCE` are a dead network (a 16-layer
+    residual EGNN on aspirin at lr 4e-3 collapsed in its second epoch to a constant energy and zero forces
+    and sat there, scores identical, for the 43 epochs of its budget, unseen by the rules above, 2026-12-06).
+    Its best weights may be the dead ones (a constant mean energy scores better than a live model's first
+    epoch), so it restarts from the weights training started from, with the rate halved. A non-finite training loss between validations does the same at once
     (:meth:`roll_back_step`); before the first validation it returns to the weights training started from.
     After :data:`MAX_ROLLBACKS` rollbacks it stops the run with :class:`DivergenceError`. Runs before the
     checkpoint callback, so the epoch's checkpoint holds the rolled-back state.
@@ -90,6 +97,8 @@ class LrControl(L.Callback):
         self.good_state = None
         self.good_label = "the initial weights"
         self.good_validated = False  # the copy passed a validation (else: the initial weights)
+        self.initial_state = None  # the weights training started from (a dead network restarts there)
+        self.scores_at_floor: list[float] = []  # the last validation scores, while the model predicts no forces
         self.rollbacks = 0
         self.rolled_back_epoch = None  # the epoch whose validation was just undone (read by AtomicCheckpoint)
 
@@ -121,10 +130,22 @@ class LrControl(L.Callback):
                     f"no forces (best {self.best_forces:.4g})")
         return None
 
+    def _stopped_learning(self, value: float, forces: float | None) -> str | None:
+        """Not None once :data:`STUCK_VALIDATIONS` validations in a row predict no forces with the same score."""
+        if not self._predicts_no_forces(forces):
+            self.scores_at_floor = []
+            return None
+        scores = self.scores_at_floor = (self.scores_at_floor + [value])[-STUCK_VALIDATIONS:]
+        if len(scores) < STUCK_VALIDATIONS or max(scores) - min(scores) > STUCK_TOLERANCE * abs(scores[-1]):
+            return None
+        return (f"the model predicts no forces (force MAE {forces:.4g}, the zero-force floor) and {self.monitor} "
+                f"has stayed at {value:.4g} for {STUCK_VALIDATIONS} validations: it stopped learning")
+
     def on_train_start(self, trainer, pl_module):
         # the copy to return to before any validation has given one (after a resume: the resumed weights)
         if self.guard and self.good_state is None:
             self.good_state = copy.deepcopy(pl_module.state_dict())
+            self.initial_state = self.good_state
             if trainer.current_epoch > 0:  # a checkpoint is written only after its epoch's validation
                 self.good_label = f"the resumed weights of epoch {trainer.current_epoch}"
                 self.good_validated = True
@@ -136,6 +157,14 @@ class LrControl(L.Callback):
         forces = (float(trainer.callback_metrics[self.forces_metric])
                   if self.forces_metric and self.forces_metric in trainer.callback_metrics else None)
         reason = self._diverged(value, forces) if self.guard else None
+        dead = self._stopped_learning(value, forces) if self.guard and reason is None else None
+        if dead is not None and self.initial_state is not None:
+            # start again: the best so far may be the dead network itself
+            self.good_state, self.good_label = self.initial_state, "the weights training started from"
+            self.best = self.best_forces = math.inf
+            self.scores_at_floor = []
+            self._roll_back(trainer, pl_module, dead)
+            return
         # a validation's verdict needs a validated state to return to; else the run stops as before (the first
         # validation is NaN: nothing was ever good, and no best checkpoint could follow)
         if reason is not None and self.good_validated:
