@@ -306,6 +306,24 @@ def test_guard_restarts_a_network_that_stopped_learning_at_the_floor(capsys):
     assert guard.best == math.inf and guard.rolled_back_epoch == STUCK_VALIDATIONS
 
 
+def test_guard_restart_after_a_resume_names_the_resumed_weights(capsys):
+    # a resumed process never held the first weights of the run: it restarts from those it resumed, and says so
+    from pairreg.training.callbacks import STUCK_VALIDATIONS, LrControl
+
+    module = torch.nn.Linear(2, 1)
+    module.lr_scale = 1.0
+    resumed = module.weight.detach().clone()
+    guard = LrControl(forces_metric="val/forces", force_floor=900.0)
+    trainer = _fake_fit(module, [guard])
+    trainer.current_epoch = 5
+    guard.on_train_start(trainer, module)
+    for epoch in range(5, 5 + STUCK_VALIDATIONS):
+        _validate(guard, trainer, module, epoch, 1.0, 900.0)
+    err = capsys.readouterr().err
+    assert "stopped learning" in err and "rolled back to the resumed weights of epoch 5" in err
+    assert torch.equal(module.weight, resumed) and module.lr_scale == 0.5
+
+
 def test_guard_leaves_a_network_at_the_floor_alone_while_its_score_moves(capsys):
     from pairreg.training.callbacks import STUCK_VALIDATIONS, LrControl
 

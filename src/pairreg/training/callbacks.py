@@ -99,6 +99,7 @@ class LrControl(L.Callback):
         self.good_label = "the initial weights"
         self.good_validated = False  # the copy passed a validation (else: the initial weights)
         self.initial_state = None  # the weights training started from (a dead network restarts there)
+        self.initial_label = "the weights training started from"
         self.scores_at_floor: list[float] = []  # the last validation scores, while the model predicts no forces
         self.rollbacks = 0
         self.rolled_back_epoch = None  # the epoch whose validation was just undone (read by AtomicCheckpoint)
@@ -148,7 +149,7 @@ class LrControl(L.Callback):
             self.good_state = copy.deepcopy(pl_module.state_dict())
             self.initial_state = self.good_state
             if trainer.current_epoch > 0:  # a checkpoint is written only after its epoch's validation
-                self.good_label = f"the resumed weights of epoch {trainer.current_epoch}"
+                self.good_label = self.initial_label = f"the resumed weights of epoch {trainer.current_epoch}"
                 self.good_validated = True
 
     def on_validation_end(self, trainer, pl_module):
@@ -161,7 +162,7 @@ class LrControl(L.Callback):
         dead = self._stopped_learning(value, forces) if self.guard and reason is None else None
         if dead is not None and self.initial_state is not None:
             # start again: the best so far may be the dead network itself
-            self.good_state, self.good_label = self.initial_state, "the weights training started from"
+            self.good_state, self.good_label = self.initial_state, self.initial_label
             self.best = self.best_forces = math.inf
             self.scores_at_floor = []
             self._roll_back(trainer, pl_module, dead)
