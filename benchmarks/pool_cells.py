@@ -6,7 +6,7 @@ the mean optimiser steps that 30 minutes gave the earlier seeds, on the machine 
 the same training and may be pooled; this script does that in the open: it lists every cell with its budget and
 steps, then prints `--compare`'s table (mean ± std over the pooled seeds, Welch's p).
 
-Run:  .venv/bin/python benchmarks/pool_cells.py FOLDER_OR_CELL_JSON ... --compare ROW_A ROW_B [--x X]
+Run:  .venv/bin/python benchmarks/pool_cells.py FOLDER_OR_CELL_JSON ... --compare ROW_A ROW_B [--compare ...] [--x X]
 
 e.g.  benchmarks/pool_cells.py benchmarks/records/fair-depth-ethanol-30-L4 runs/bench/fair-L4-steps \
           --compare residual pairreg
@@ -55,24 +55,23 @@ def budget(result: dict) -> str:
     return f"{config.get('epochs')} epochs"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sources", nargs="+", help="study folders (their cells/*.json) or cell JSON files")
-    parser.add_argument("--compare", nargs=2, metavar=("ROW_A", "ROW_B"), required=True)
-    parser.add_argument("--x", type=float, default=None, help="only cells at this column (e.g. depth 4)")
-    args = parser.parse_args(argv)
+def _columns(pair: list[str], x: float | None, parser) -> tuple[tuple[str, float | None], tuple[str, float | None]]:
+    """(row, column) of each side of one --compare pair; ROW@X names a column, --x gives both sides one."""
     try:
-        (row_a, x_a), (row_b, x_b) = map(_row_at_column, args.compare)
+        (row_a, x_a), (row_b, x_b) = map(_row_at_column, pair)
     except ValueError as err:  # e.g. pairreg@eight: say which argument, not a traceback
         parser.error(str(err))
     if x_a is not None or x_b is not None:  # ROW@X: one cell of the grid against another (x_a or x_b alone: both)
-        if args.x is not None:
+        if x is not None:
             raise SystemExit("pool_cells: give the columns either as ROW@X in --compare or with --x, not both")
-        x_a, x_b = (x_a if x_a is not None else x_b), (x_b if x_b is not None else x_a)
-    elif args.x is not None:
-        x_a = x_b = args.x
-    results = load_cells(args.sources)
-    results = [r for r in results if any(r["group"] == row and x in (None, r["x"]) for row, x in ((row_a, x_a), (row_b, x_b)))]
+        return (row_a, x_a if x_a is not None else x_b), (row_b, x_b if x_b is not None else x_a)
+    return (row_a, x), (row_b, x)
+
+
+def report(cells: list[dict], side_a: tuple[str, float | None], side_b: tuple[str, float | None]) -> None:
+    """Print the cells of one comparison with their budgets, then its table (mean ± std, Welch's p)."""
+    (row_a, x_a), (row_b, x_b) = side_a, side_b
+    results = [r for r in cells if any(r["group"] == row and x in (None, r["x"]) for row, x in (side_a, side_b))]
     seen = {(r["group"], r["x"], r["seed"]) for r in results}
     if len(seen) < len(results):
         raise SystemExit("pool_cells: the same row, column and seed comes from more than one source; pass one of them")
@@ -80,9 +79,10 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for r in sorted(results, key=lambda r: ([row_a, row_b].index(r["group"]), r["x"] or 0, r["seed"])):
         energy, forces = _metric(r, "test", "energy", "meV"), _metric(r, "test", FORCE_NAME, "meV/Angstrom")
-        cells = [r["group"], r["x"], r["seed"], budget(r), f"{r.get('optimizer_steps') or 0:,}",
-                 "–" if energy is None else f"{energy:.3f}", "–" if forces is None else f"{forces:.2f}", r["source"]]
-        print("| " + " | ".join(map(str, cells)) + " |")
+        cells_shown = [r["group"], r["x"], r["seed"], budget(r), f"{r.get('optimizer_steps') or 0:,}",
+                       "–" if energy is None else f"{energy:.3f}", "–" if forces is None else f"{forces:.2f}",
+                       r["source"]]
+        print("| " + " | ".join(map(str, cells_shown)) + " |")
     budgets = sorted({budget(r) for r in results})
     if len(budgets) > 1:
         print(f"\nPooled budgets: {', '.join(budgets)} (the comparison below treats them as the same training)")
@@ -91,6 +91,21 @@ def main(argv=None) -> int:
         print(compare_table(results, row_a, row_b, depth_a=x_a, depth_b=x_b))
     else:
         print(compare_table(results, row_a, row_b))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sources", nargs="+", help="study folders (their cells/*.json) or cell JSON files")
+    parser.add_argument("--compare", nargs=2, metavar=("ROW_A", "ROW_B"), action="append", required=True,
+                        help="two rows (ROW or ROW@X); repeat for more comparisons of the same cells")
+    parser.add_argument("--x", type=float, default=None, help="only cells at this column (e.g. depth 4)")
+    args = parser.parse_args(argv)
+    pairs = [_columns(pair, args.x, parser) for pair in args.compare]  # every argument checked before any loading
+    cells = load_cells(args.sources)
+    for i, (side_a, side_b) in enumerate(pairs):
+        if len(pairs) > 1:
+            print(f"{'' if i == 0 else chr(10)}## {' vs '.join(args.compare[i])}\n")
+        report(cells, side_a, side_b)
     return 0
 
 

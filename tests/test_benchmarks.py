@@ -483,6 +483,25 @@ def test_pool_cells_follows_one_row_across_depths(capsys):
     assert "--compare pairreg@two" in capsys.readouterr().err
 
 
+def test_pool_cells_takes_several_comparisons_in_one_call(capsys):
+    """--compare repeated: each pair gets its own heading, cell list and table, the same as one call per pair; a bad
+    pair anywhere fails before any table is printed."""
+    pool = _load("pool_cells")
+    records = str(Path(__file__).parents[1] / "benchmarks" / "records" / "depth-ethanol-30")
+    single = []
+    for pair in (["pairreg@2", "pairreg@8"], ["none@8", "pairreg@8"]):
+        assert pool.main([records, "--compare", *pair]) == 0
+        single.append(capsys.readouterr().out)
+    assert pool.main([records, "--compare", "pairreg@2", "pairreg@8", "--compare", "none@8", "pairreg@8"]) == 0
+    both = capsys.readouterr().out
+    assert both.startswith("## pairreg@2 vs pairreg@8\n") and "\n## none@8 vs pairreg@8\n" in both
+    first, second = both.split("\n## none@8 vs pairreg@8\n")
+    assert first.split("\n", 2)[2] == single[0] and second.split("\n", 1)[1] == single[1]
+    with pytest.raises(SystemExit):
+        pool.main([records, "--compare", "none@8", "pairreg@8", "--compare", "pairreg@two", "pairreg@8"])
+    assert "| test forces" not in capsys.readouterr().out
+
+
 def test_compute_used_counts_each_trained_cell_once_at_wall_time_times_threads(tmp_path, capsys):
     """A study cell copied into a second folder is counted once; a time-to-accuracy pair (ours with `threads`, MACE
     with its settings' threads) costs wall time × threads; QM9 cells group under their dataset, not the default
