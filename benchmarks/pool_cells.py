@@ -68,10 +68,10 @@ def _columns(pair: list[str], x: float | None, parser) -> tuple[tuple[str, float
     return (row_a, x), (row_b, x)
 
 
-def report(cells: list[dict], side_a: tuple[str, float | None], side_b: tuple[str, float | None]) -> None:
+def report(pooled: list[dict], side_a: tuple[str, float | None], side_b: tuple[str, float | None]) -> None:
     """Print the cells of one comparison with their budgets, then its table (mean ± std, Welch's p)."""
     (row_a, x_a), (row_b, x_b) = side_a, side_b
-    results = [r for r in cells if any(r["group"] == row and x in (None, r["x"]) for row, x in (side_a, side_b))]
+    results = [r for r in pooled if any(r["group"] == row and x in (None, r["x"]) for row, x in (side_a, side_b))]
     seen = {(r["group"], r["x"], r["seed"]) for r in results}
     if len(seen) < len(results):
         raise SystemExit("pool_cells: the same row, column and seed comes from more than one source; pass one of them")
@@ -79,10 +79,9 @@ def report(cells: list[dict], side_a: tuple[str, float | None], side_b: tuple[st
     print("|---|---|---|---|---|---|---|---|")
     for r in sorted(results, key=lambda r: ([row_a, row_b].index(r["group"]), r["x"] or 0, r["seed"])):
         energy, forces = _metric(r, "test", "energy", "meV"), _metric(r, "test", FORCE_NAME, "meV/Angstrom")
-        cells_shown = [r["group"], r["x"], r["seed"], budget(r), f"{r.get('optimizer_steps') or 0:,}",
-                       "–" if energy is None else f"{energy:.3f}", "–" if forces is None else f"{forces:.2f}",
-                       r["source"]]
-        print("| " + " | ".join(map(str, cells_shown)) + " |")
+        cells = [r["group"], r["x"], r["seed"], budget(r), f"{r.get('optimizer_steps') or 0:,}",
+                 "–" if energy is None else f"{energy:.3f}", "–" if forces is None else f"{forces:.2f}", r["source"]]
+        print("| " + " | ".join(map(str, cells)) + " |")
     budgets = sorted({budget(r) for r in results})
     if len(budgets) > 1:
         print(f"\nPooled budgets: {', '.join(budgets)} (the comparison below treats them as the same training)")
@@ -101,11 +100,13 @@ def main(argv=None) -> int:
     parser.add_argument("--x", type=float, default=None, help="only cells at this column (e.g. depth 4)")
     args = parser.parse_args(argv)
     pairs = [_columns(pair, args.x, parser) for pair in args.compare]  # every argument checked before any loading
-    cells = load_cells(args.sources)
-    for i, (side_a, side_b) in enumerate(pairs):
+    pooled = load_cells(args.sources)
+    for i, ((side_a, side_b), names) in enumerate(zip(pairs, args.compare)):
+        if i:
+            print()
         if len(pairs) > 1:
-            print(f"{'' if i == 0 else chr(10)}## {' vs '.join(args.compare[i])}\n")
-        report(cells, side_a, side_b)
+            print(f"## {' vs '.join(names)}\n")
+        report(pooled, side_a, side_b)
     return 0
 
 

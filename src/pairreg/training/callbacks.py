@@ -81,9 +81,9 @@ class LrControl(L.Callback):
     residual EGNN on aspirin at lr 4e-3 collapsed in its second epoch to a constant energy and zero forces
     and sat there, scores identical, for the 43 epochs of its budget, unseen by the rules above, 2026-12-06).
     Its best weights may be the dead ones (a constant mean energy scores better than a live model's first
-    epoch), so it restarts from the weights training started from, with the rate halved. A non-finite
-    training loss between validations rolls back at once (:meth:`roll_back_step`); before the first
-    validation it returns to the weights training started from.
+    epoch), so it restarts from the weights training started from (after a resume: the resumed ones), with
+    the rate halved. A non-finite training loss between validations rolls back at once
+    (:meth:`roll_back_step`); before the first validation it returns to the weights training started from.
     After :data:`MAX_ROLLBACKS` rollbacks it stops the run with :class:`DivergenceError`. Runs before the
     checkpoint callback, so the epoch's checkpoint holds the rolled-back state.
     """
