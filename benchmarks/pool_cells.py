@@ -4,7 +4,7 @@
 joins seeds trained to a wall budget. When the step budget was chosen to equal what the wall budget gave (say
 the mean optimiser steps that 30 minutes gave the earlier seeds, on the machine they ran on), the seeds measure
 the same training and may be pooled; this script does that in the open: it lists every cell with its budget and
-steps, then prints `--compare`'s table (mean ± std over the pooled seeds, Welch's p).
+steps, then prints `--compare`'s table (mean ± std over the pooled seeds, Welch's and the rank test's p).
 
 Run:  .venv/bin/python benchmarks/pool_cells.py FOLDER_OR_CELL_JSON ... --compare ROW_A ROW_B [--compare ...] [--x X]
 
@@ -69,7 +69,7 @@ def _columns(pair: list[str], x: float | None, parser) -> tuple[tuple[str, float
 
 
 def report(pooled: list[dict], side_a: tuple[str, float | None], side_b: tuple[str, float | None]) -> None:
-    """Print the cells of one comparison with their budgets, then its table (mean ± std, Welch's p)."""
+    """Print the cells of one comparison with their budgets, then its table (mean ± std, Welch's and rank p)."""
     (row_a, x_a), (row_b, x_b) = side_a, side_b
     results = [r for r in pooled if any(r["group"] == row and x in (None, r["x"]) for row, x in (side_a, side_b))]
     seen = {(r["group"], r["x"], r["seed"]) for r in results}

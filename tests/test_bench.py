@@ -11,7 +11,7 @@ import pytest
 
 from pairreg.bench import runner
 from pairreg.bench.report import (budget_check_table, compare_table, dirichlet_ratio, fmt, machine_speed_note,
-                                  study_tables, target_table, welch_p, write_report)
+                                  rank_p, study_tables, target_table, welch_p, write_report)
 from pairreg.bench.studies import ABLATION_VARIANTS, DEPTHS, STUDIES, Cell, Study, build_study, row_label
 from pairreg.cli.main import main
 from pairreg.config import ConfigError, load_config
@@ -468,6 +468,15 @@ def test_welch_p_matches_the_textbook_case_and_needs_two_seeds():
     assert np.isnan(welch_p([1.0, 1.0], [1.0, 1.0]))  # no spread anywhere: nothing to test against
 
 
+def test_rank_p_is_the_exact_mann_whitney_p_and_needs_two_seeds():
+    # one stuck seed: Welch's p sees a wide spread, the ranks see every seed of one row below every seed of the other
+    stuck, steady = [65.5, 197.6, 74.3], [61.5, 62.5, 57.8]
+    assert rank_p(stuck, steady) == pytest.approx(0.1) and welch_p(stuck, steady) > 0.3
+    assert rank_p([1.0, 2.0], [3.0, 4.0]) == pytest.approx(1 / 3)  # 2 vs 2: C(4, 2) = 6 orderings, 2 as extreme
+    assert rank_p([1.0, 4.0, 5.0], [2.0, 3.0, 6.0]) > 0.5  # interleaved: no evidence
+    assert np.isnan(rank_p([1.0], [2.0, 3.0])) and np.isnan(rank_p([1.0, float("nan")], [2.0, 3.0]))
+
+
 def fake_result(group: str, seed: int, homo_meV: float, mu_D: float, x=None) -> dict:
     return {"cell": f"{group}-s{seed}", "group": group, "x": x, "seed": seed,
             "test": {"test/homo_mae_meV": homo_meV, "test/mu_mae_D": mu_D}}
@@ -492,10 +501,11 @@ def test_compare_table_gives_means_difference_and_p_per_target(tmp_path, capsys)
     results = [fake_result("none", 0, 300.0, 0.8), fake_result("none", 1, 310.0, 0.7),
                fake_result("g2", 0, 200.0, 0.6), fake_result("g2", 1, 204.0, 0.75)]
     lines = compare_table(results, "none", "g2").splitlines()
-    assert lines[0] == "| target | none | g2 | g2 − none | Welch p | seeds |"
+    assert lines[0] == "| target | none | g2 | g2 − none | Welch p | rank p | seeds |"
     homo = lines[2].split(" | ")
     assert homo[0] == "| test homo MAE (meV)" and homo[1] == "305.0 ± 7.1" and homo[3] == "-103.0"
     assert float(homo[4]) == pytest.approx(welch_p([300, 310], [200, 204]), rel=0.05) and float(homo[4]) < 0.05
+    assert float(homo[5]) == pytest.approx(1 / 3, abs=0.005)  # 2 vs 2 seeds, fully separated: the rank test's floor
     assert lines[3].startswith("| test mu MAE (D) | 0.750 ± 0.071 | 0.675 ± 0.106 | -0.075 |")
     with pytest.raises(ValueError, match="no finished cells to compare"):
         compare_table(results, "none", "pairreg")

@@ -197,6 +197,21 @@ def welch_p(a, b) -> float:
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def rank_p(a, b) -> float:
+    """Two-sided exact p of the Mann–Whitney rank test that a and b come from one distribution.
+
+    Beside Welch's p because with 2–3 seeds one stuck seed inflates a row's std and hides a difference that
+    every seed shows (3 vs 3 seeds, all of one row below all of the other: 0.10, the smallest 3 vs 3 can give;
+    2 vs 2: 0.33). NaN with fewer than two finite values on a side, as for welch_p.
+    """
+    a, b = finite(a), finite(b)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
+
+
 def compare_table(results: list[dict], a: str, b: str, split: str = "test",
                   depth_a: int | None = None, depth_b: int | None = None, column: str = "depth",
                   column_label=layers) -> str:
@@ -206,7 +221,7 @@ def compare_table(results: list[dict], a: str, b: str, split: str = "test",
 
     With ``depth_a``/``depth_b`` (one given: both the same) it compares those two cells of the
     grid instead, e.g. EGNN at 9 layers against EGNN at 12. The evidence behind a verdict: both
-    means ± std over seeds, the difference b − a and Welch's p over the seeds.
+    means ± std over seeds, the difference b − a, Welch's p and the rank test's p over the seeds.
     """
     units = _units(results)
     names = _target_order(units)
@@ -218,7 +233,7 @@ def compare_table(results: list[dict], a: str, b: str, split: str = "test",
         xs = sorted({r["x"] for r in results if r["group"] in (a, b)}, key=lambda x: -1 if x is None else x)
         pairs, by_depth = [(x, x) for x in xs], any(x is not None for x in xs)
         label_a, label_b = a, b
-    head = ["target"] + ([column] if by_depth else []) + [label_a, label_b, f"{label_b} − {label_a}", "Welch p", "seeds"]
+    head = ["target"] + ([column] if by_depth else []) + [label_a, label_b, f"{label_b} − {label_a}", "Welch p", "rank p", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for name in names:
         unit = units[name]
@@ -228,10 +243,10 @@ def compare_table(results: list[dict], a: str, b: str, split: str = "test",
             (ma, sa, na), (mb, sb, nb) = seed_stats(va), seed_stats(vb)
             if not (na and nb):
                 continue
-            p = welch_p(va, vb)
+            p, p_rank = welch_p(va, vb), rank_p(va, vb)
             row = [f"{split} {name} MAE ({pretty_unit(unit)})"] + ([column_label(xa)] if by_depth else [])
             row += [fmt(ma, sa, na), fmt(mb, sb, nb), _signed(mb - ma),
-                    "–" if math.isnan(p) else f"{p:.2g}", f"{na} vs {nb}"]
+                    *("–" if math.isnan(q) else f"{q:.2g}" for q in (p, p_rank)), f"{na} vs {nb}"]
             lines.append("| " + " | ".join(row) + " |")
     if len(lines) == 2:
         raise ValueError(f"{label_a!r} and {label_b!r} have no finished cells to compare")

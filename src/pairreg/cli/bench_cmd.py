@@ -3,7 +3,7 @@
 Runs the unfinished cells of a study (a finished cell is never re-run; an interrupted one resumes
 from its last checkpoint), then writes ``table.md`` and PNG plots into DIR. ``--report`` only
 rewrites the table and plots from the cells finished so far; ``--list`` prints the cells;
-``--compare A B`` prints the evidence for a verdict (row B against row A, Welch's p over seeds).
+``--compare A B`` prints the evidence for a verdict (row B against row A, Welch's and the rank test's p over seeds).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def add_parser(sub):
     mode.add_argument("--list", action="store_true", help="print the cells and which are finished, run nothing")
     mode.add_argument("--compare", nargs=2, metavar=("A", "B"),
                       help="run nothing; print row B against row A from the finished cells: means, difference "
-                           "and Welch's t-test p over seeds, per target (and depth); ROW@DEPTH compares two depths, "
+                           "and Welch's t-test and rank-test p over seeds, per target (and depth); "
+                           "ROW@DEPTH compares two depths, "
                            "e.g. --compare none@9 none@12")
 
 
