@@ -281,6 +281,23 @@ def test_interrupted_cell_resumes_and_changed_settings_are_refused(tmp_path, mon
         runner.run_study(study, out, [*TINY[:-1], "hidden=16", TINY[-1]], log=lambda m: None)
 
 
+def test_a_cell_records_a_rate_the_guard_lowered(tmp_path, monkeypatch):
+    """The run's lr_scale (below 1 after a rollback or plateau) reaches the cell JSON, so a figure pooling cells can
+    say that a cell trained at less than its configured rate; a cell at its full rate carries none."""
+    study = tiny_study()
+    real_train = runner.train
+
+    def halved_once(cfg, dataset=None, resume=False):
+        summary = real_train(cfg, dataset=dataset, resume=resume)
+        return summary | {"lr_scale": 0.5} if cfg.n_layers == 2 else summary
+
+    monkeypatch.setattr(runner, "train", halved_once)
+    results = {r["cell"]: r for r in runner.run_study(study, tmp_path / "study", TINY, log=lambda m: None)}
+    assert results["none-L2-s0"]["lr_scale"] == 0.5 and "lr_scale" not in results["none-L1-s0"]
+    saved = json.loads((tmp_path / "study" / "cells" / "none-L2-s0.json").read_text())
+    assert saved["lr_scale"] == 0.5
+
+
 def test_identical_cells_of_another_study_are_reused_not_retrained(tmp_path, monkeypatch):
     first = tmp_path / "depth"
     runner.run_study(tiny_study(), first, TINY, log=lambda m: None)

@@ -502,6 +502,39 @@ def test_pool_cells_takes_several_comparisons_in_one_call(capsys):
     assert "| test forces" not in capsys.readouterr().out
 
 
+def test_plot_depth_pools_columns_from_several_folders_and_refuses_mixed_rates(tmp_path, capsys):
+    """The aspirin columns of three record folders in one figure: each row and depth's mean is that of its cells'
+    test forces, each column's rate and seeds are listed; a seed from two places, or a row and depth at two rates,
+    is refused by name rather than averaged."""
+    plot = _load("plot_depth")
+    records = Path(__file__).parents[1] / "benchmarks" / "records"
+    folders = [str(records / f"depth-aspirin-L{d}") for d in (2, 8, 16)]
+    png = tmp_path / "fig2.png"
+    assert plot.main([*folders, "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    forces = [json.loads(p.read_text())["test"]["test/forces_mae_meV_per_Angstrom"]
+              for p in sorted((records / "depth-aspirin-L8" / "cells").glob("residual-L8-s*.json"))]
+    header, _, *rows = out.split("| test forces MAE")[1].split("\n\n")[0].splitlines()
+    residual = next(line for line in rows if line.startswith("| EGNN (residual)"))
+    assert residual.split(" | ")[2].startswith(f"{np.mean(forces):.1f} ± {np.std(forces, ddof=1):.1f}")
+    assert "| 2 layers | 8 layers | 16 layers |" in header
+    rates = next(line for line in out.splitlines() if line.startswith("| pairreg |") and "seeds" in line)
+    assert f"0.002; 14,228 steps; {len(list((records / 'depth-aspirin-L8' / 'cells').glob('pairreg-*')))} seeds" in rates
+    with pytest.raises(SystemExit, match="more than one source"):
+        plot.main([*folders, str(records / "depth-aspirin-L8" / "cells" / "none-L8-s0.json"), "--out", str(png)])
+    other = json.loads((records / "depth-aspirin-L2" / "cells" / "none-L2-s0.json").read_text())
+    other["seed"], other["config"] = 7, {**other["config"], "lr": 0.008, "seed": 7}
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "none-L2-s7.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match=r"none at 2 layers was trained at more than one learning rate \(0.002, 0.008\)"):
+        plot.main([*folders, str(tmp_path), "--out", str(png)])
+    other["lr_scale"], other["config"]["lr"] = 0.5, 0.002  # the guard's halving is shown beside the rate
+    (tmp_path / "cells" / "none-L2-s7.json").write_text(json.dumps(other))
+    assert plot.main([*folders, str(tmp_path), "--out", str(png)]) == 0
+    assert "3 seeds (lr lowered: s7 ×0.5)" in capsys.readouterr().out
+
+
 def test_compute_used_counts_each_trained_cell_once_at_wall_time_times_threads(tmp_path, capsys):
     """A study cell copied into a second folder is counted once; a time-to-accuracy pair (ours with `threads`, MACE
     with its settings' threads) costs wall time × threads; QM9 cells group under their dataset, not the default

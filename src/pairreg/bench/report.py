@@ -362,11 +362,16 @@ def plot_mae_vs_depth(results: list[dict], path: Path) -> Path:
             depths = sorted({r["x"] for r in results if r["group"] == group})
             stats = [seed_stats([_metric(r, "test", name, unit) for r in results if r["group"] == group and r["x"] == d])
                      for d in depths]
-            ax.errorbar(depths, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", ms=4, capsize=3,
-                        label=_label(results, group))
+            line = ax.errorbar(depths, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", ms=4, capsize=3,
+                               label=_label(results, group))
+            # each seed as a dot: with 2-3 seeds one stuck seed makes the mean and std misleading on their own
+            seeds = [(r["x"], _metric(r, "test", name, unit)) for r in results if r["group"] == group]
+            seeds = [(x, v) for x, v in seeds if v is not None]
+            if seeds:
+                ax.scatter(*zip(*seeds), s=10, alpha=0.5, color=line.lines[0].get_color())
         ax.set_xlabel("number of layers")
         ax.set_ylabel(f"test {name} MAE ({pretty_unit(unit)})")
-        ax.set_title(f"{name} MAE vs depth (mean ± std over seeds)", fontsize=10)
+        ax.set_title(f"{name} MAE vs depth (mean ± std; dots: seeds)", fontsize=10)
         ax.legend(fontsize=8)
     return _save(plt, fig, path)
 

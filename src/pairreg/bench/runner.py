@@ -122,7 +122,9 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
         "seed": cell.seed, "overrides": list(cell.overrides), "config": cfg.to_dict(),
         "best_epoch": summary["best_epoch"], "epochs": summary["epochs"],
         # how far the cell got: under a wall budget this depends on the machine (compare steps across sittings)
-        **{k: summary[k] for k in ("epochs_run", "optimizer_steps", "training_time_s", "stopped_by") if k in summary},
+        # lr_scale (present when below 1): the divergence guard or a plateau lowered the rate the config names
+        **{k: summary[k] for k in ("epochs_run", "optimizer_steps", "training_time_s", "stopped_by", "lr_scale")
+           if k in summary},
         "val": summary.get("val", {}), "test": summary.get("test", {}),
         "train_wall_time_s": summary.get("wall_time_s"), "cell_wall_time_s": round(time.perf_counter() - started, 1),
         "diagnostics_probe": f"first {PROBE_MOLECULES} test molecules", "diagnostics": diagnostics,
