@@ -51,7 +51,7 @@ def _entry(here: list[dict]) -> str:
     """"lr; budget(s); seeds", with the cells whose rate the divergence guard (or a plateau) lowered."""
     if not here:
         return "–"
-    text = f"{here[0]['config']['lr']:g}; " + ", ".join(sorted({budget(r) for r in here})) + f"; {len(here)} seeds"
+    text = f"{here[0]['config']['lr']:g}; " + ", ".join(sorted({budget(r) for r in here})) + f"; {len(here)} seed{'s' * (len(here) != 1)}"
     lowered = [f"s{r['seed']} ×{r['lr_scale']:g}" for r in sorted(here, key=lambda r: r["seed"]) if r.get("lr_scale")]
     return text + (f" (lr lowered: {', '.join(lowered)})" if lowered else "")
 
