@@ -6,7 +6,7 @@ it and `pairreg bench --report` cannot draw it. This script pools the cells the 
 what would make the figure lie (one seed from two sources, or one row and depth at two learning rates), prints
 the tables behind the figure (mean ± std (seeds) per row and depth, and the rate of each), and draws the figure.
 
-Run:  .venv/bin/python benchmarks/plot_depth.py FOLDER_OR_CELL_JSON ... --out PNG [--title TEXT]
+Run:  .venv/bin/python benchmarks/plot_depth.py FOLDER_OR_CELL_JSON ... --out PNG
 
 e.g.  benchmarks/plot_depth.py benchmarks/records/depth-aspirin-L{2,8,16} --out docs/figures/fair_depth_aspirin.png
 """
@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pool_cells import budget, load_cells  # noqa: E402
+from pool_cells import budget, load_cells, refuse_duplicate_seeds  # noqa: E402
 
 from pairreg.bench.report import _groups, _label, depth_table, mae_column, plot_mae_vs_depth  # noqa: E402
 from pairreg.training.module import FORCE_NAME  # noqa: E402
@@ -30,13 +30,7 @@ def depth_cells(sources: list[str]) -> list[dict]:
     cells = [r for r in load_cells(sources) if isinstance(r.get("x"), (int, float)) and r.get("study") == "depth"]
     if not cells:
         raise SystemExit("plot_depth: no depth-study cells among the sources")
-    sources_of = defaultdict(list)
-    for r in cells:
-        sources_of[(r["group"], r["x"], r["seed"])].append(r["source"])
-    for (row, depth, seed), found in sources_of.items():
-        if len(found) > 1:
-            raise SystemExit(f"plot_depth: {row}, {depth} layers, seed {seed} comes from more than one source "
-                             f"({', '.join(found)}); pass one of them")
+    refuse_duplicate_seeds(cells, "plot_depth")
     rates = defaultdict(set)
     for r in cells:
         rates[(r["group"], r["x"])].add(r["config"]["lr"])
@@ -51,7 +45,8 @@ def _entry(here: list[dict]) -> str:
     """"lr; budget(s); seeds", with the cells whose rate the divergence guard (or a plateau) lowered."""
     if not here:
         return "–"
-    text = f"{here[0]['config']['lr']:g}; " + ", ".join(sorted({budget(r) for r in here})) + f"; {len(here)} seed{'s' * (len(here) != 1)}"
+    seeds = f"{len(here)} seed{'s' * (len(here) != 1)}"
+    text = f"{here[0]['config']['lr']:g}; " + ", ".join(sorted({budget(r) for r in here})) + f"; {seeds}"
     lowered = [f"s{r['seed']} ×{r['lr_scale']:g}" for r in sorted(here, key=lambda r: r["seed"]) if r.get("lr_scale")]
     return text + (f" (lr lowered: {', '.join(lowered)})" if lowered else "")
 

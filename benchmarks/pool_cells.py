@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 from pairreg.bench.report import _metric, compare_table
@@ -44,6 +45,17 @@ def cell_files(sources: list[str]) -> list[Path]:
 def load_cells(sources: list[str]) -> list[dict]:
     """The finished cells of the sources, each with the file it came from under "source"."""
     return [json.loads(p.read_text()) | {"source": str(p)} for p in cell_files(sources)]
+
+
+def refuse_duplicate_seeds(results: list[dict], script: str) -> None:
+    """Stop when one (row, column, seed) comes from more than one source: pooled, it would count twice."""
+    sources_of = defaultdict(list)
+    for r in results:
+        sources_of[(r["group"], r["x"], r["seed"])].append(r["source"])
+    for (row, x, seed), found in sources_of.items():
+        if len(found) > 1:
+            raise SystemExit(f"{script}: {row}, column {x}, seed {seed} comes from more than one source "
+                             f"({', '.join(found)}); pass one of them")
 
 
 def budget(result: dict) -> str:
@@ -72,9 +84,7 @@ def report(pooled: list[dict], side_a: tuple[str, float | None], side_b: tuple[s
     """Print the cells of one comparison with their budgets, then its table (mean ± std, Welch's and rank p)."""
     (row_a, x_a), (row_b, x_b) = side_a, side_b
     results = [r for r in pooled if any(r["group"] == row and x in (None, r["x"]) for row, x in (side_a, side_b))]
-    seen = {(r["group"], r["x"], r["seed"]) for r in results}
-    if len(seen) < len(results):
-        raise SystemExit("pool_cells: the same row, column and seed comes from more than one source; pass one of them")
+    refuse_duplicate_seeds(results, "pool_cells")
     print("| row | x | seed | budget | optimizer steps | test energy (meV) | test forces (meV/Å) | source |")
     print("|---|---|---|---|---|---|---|---|")
     for r in sorted(results, key=lambda r: ([row_a, row_b].index(r["group"]), r["x"] or 0, r["seed"])):
