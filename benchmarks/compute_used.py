@@ -4,8 +4,9 @@ each counted once however many folders hold a copy of it.
 Cells are copied between folders (`pairreg bench --reuse`, the committed records), so a plain sum counts a
 trained network two or three times. A copy keeps its original's wall time and test errors to the last digit, so
 those (with the cell's name and seed) identify it. A cell costs its wall time (training plus evaluation where the
-cell records it) times the threads it ran on. Runs that left no cell JSON (single `pairreg train` runs, probes
-that were stopped) are not counted, so the total is a lower bound of the compute spent.
+cell records it; for a resumed cell every sitting's, except in step-budget cells recorded before 2026-12-07,
+which kept their last sitting's alone) times the threads it ran on. Runs that left no cell JSON (single
+`pairreg train` runs, probes that were stopped) are not counted, so the total is a lower bound of the compute spent.
 
 Run:  .venv/bin/python benchmarks/compute_used.py [FOLDER ...]      (default: benchmarks/records)
 e.g.  .venv/bin/python benchmarks/compute_used.py benchmarks/records runs/bench --by molecule
@@ -24,6 +25,8 @@ def cell_cost(cell: dict) -> tuple[float, int]:
     """(wall seconds, threads) of one finished cell, study or time-to-accuracy format."""
     seconds = cell.get("cell_wall_time_s") or cell.get("wall_time_s") or cell.get("train_wall_time_s") \
         or cell.get("training_time_s")
+    if seconds is not None and cell.get("training_time_s"):  # an old resumed cell's wall time is its last sitting's
+        seconds = max(seconds, cell["training_time_s"])
     threads = (cell.get("torch_threads") or cell.get("threads") or (cell.get("config") or {}).get("threads")
                or (cell.get("settings") or {}).get("threads"))  # the last: a MACE cell of time_to_accuracy
     if seconds is None or not threads:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pairreg.bench import runner
 from pairreg.bench.report import (budget_check_table, compare_table, dirichlet_ratio, fmt, machine_speed_note,
@@ -270,8 +271,16 @@ def test_interrupted_cell_resumes_and_changed_settings_are_refused(tmp_path, mon
     real_train = runner.train
     monkeypatch.setattr(runner, "train", lambda cfg, dataset=None, resume=False: calls.append(resume) or real_train(
         cfg, dataset=dataset, resume=resume))
-    runner.run_study(study, out, TINY, log=lambda m: None)
+    # the sitting before the interruption trained for an hour, as its checkpoint says: the cell's times count it
+    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["pairreg_schedule"]["budget_spent_s"] > 0  # a step- or epoch-limited run keeps its clock too
+    ckpt["pairreg_schedule"]["budget_spent_s"] = 3600.0
+    torch.save(ckpt, ckpt_path)
+    resumed = runner.run_study(study, out, TINY, log=lambda m: None)[0]
     assert calls == [True]
+    assert resumed["training_time_s"] >= 3600.0
+    assert resumed["train_wall_time_s"] >= 3600.0 and resumed["cell_wall_time_s"] >= 3600.0
     # how cells run may change between sittings (threads); nothing is retrained
     logs = []
     runner.run_study(study, out, [o if o != "threads=1" else "threads=2" for o in TINY], log=logs.append)

@@ -565,6 +565,8 @@ def test_compute_used_counts_each_trained_cell_once_at_wall_time_times_threads(t
     out = capsys.readouterr().out
     assert "| ethanol  |       2.00 |" in out and "| aspirin  |       0.45 |" in out and "| qm9      |       1.00 |" in out
     assert "| total    |       3.45 |" in out and "5 cells counted once each, 1 copies skipped" in out
+    # an old cell resumed to a wall budget: its wall time is the last sitting's, its training time every sitting's
+    assert used.cell_cost({"cell_wall_time_s": 600.0, "training_time_s": 1800.0, "torch_threads": 1}) == (1800.0, 1)
     write("broken", "x", {"cell": "x", "config": {}})
     with pytest.raises(SystemExit, match="broken/cells/x.json: not a finished cell"):
         used.tally([tmp_path / "broken"])

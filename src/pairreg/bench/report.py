@@ -296,8 +296,9 @@ def coordinate_ratio(result: dict) -> float:
 
 def compute_used(results: list[dict]) -> str:
     """What the finished cells cost: each cell's wall time (its training, or the whole cell when longer) × its
-    threads, summed; cells copied with --reuse count too (their cost, wherever they were trained). A wall-budget
-    cell's training time spans its sittings; without one, a cell resumed in a later sitting counts that sitting only."""
+    threads, summed; cells copied with --reuse count too (their cost, wherever they were trained). Both times span a
+    resumed cell's sittings, except in cells recorded before 2026-12-07 without a wall budget: those count their
+    last sitting only."""
     hours = sum(max(r.get("training_time_s") or 0, r.get("cell_wall_time_s") or 0) * (r.get("torch_threads") or 1)
                 for r in results) / 3600
     copied = sum(bool(r.get("reused_from")) for r in results)

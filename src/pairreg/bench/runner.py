@@ -117,6 +117,7 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
             shutil.rmtree(run_dir)
         summary = train(cfg, dataset=dataset)
     diagnostics = _probe_diagnostics(run_dir, cfg, dataset)
+    earlier = summary.get("earlier_sittings_training_s", 0.0)
     result = {
         "study": study.name, "preset": study.preset, "cell": cell.key, "group": cell.group, "x": cell.x,
         "seed": cell.seed, "overrides": list(cell.overrides), "config": cfg.to_dict(),
@@ -126,12 +127,18 @@ def run_cell(study: Study, cell: Cell, out: Path, extra: list[str], dataset=None
         **{k: summary[k] for k in ("epochs_run", "optimizer_steps", "training_time_s", "stopped_by", "lr_scale")
            if k in summary},
         "val": summary.get("val", {}), "test": summary.get("test", {}),
-        "train_wall_time_s": summary.get("wall_time_s"), "cell_wall_time_s": round(time.perf_counter() - started, 1),
+        # over every sitting: this one's wall time plus the training seconds of those before a resume
+        "train_wall_time_s": _plus(summary.get("wall_time_s"), earlier),
+        "cell_wall_time_s": _plus(time.perf_counter() - started, earlier),
         "diagnostics_probe": f"first {PROBE_MOLECULES} test molecules", "diagnostics": diagnostics,
         "torch_threads": torch.get_num_threads(), "speed_probes": _speed_probes(run_dir),
     }
     write_atomic(cell_file(out, cell), json.dumps(result, indent=1))
     return result
+
+
+def _plus(seconds: float | None, earlier_s: float) -> float | None:
+    return None if seconds is None else round(seconds + earlier_s, 1)
 
 
 def _speed_probes(run_dir: Path) -> list[dict]:

@@ -80,6 +80,9 @@ class PropertyModule(L.LightningModule):
         self.compiled_forward = compiled_forward(self.model) if cfg.compile else None
         self.lr_scale = 1.0  # lowered by plateaus and the divergence guard (callbacks.LrControl); checkpointed
         self.budget = WallBudget(cfg.time_budget_min) if cfg.time_budget_min else None
+        # training seconds over every sitting (a resumed run adds to its checkpoint's), budget or not
+        self.train_clock = self.budget if self.budget is not None else WallBudget(float("inf"))
+        self.resumed_after_s = 0.0  # training seconds of the sittings before this one
         self.shared_budget_progress = None  # several processes: rank 0's budget fraction (share_budget)
         self.total_steps = 1
 
@@ -197,7 +200,7 @@ class PropertyModule(L.LightningModule):
             "max_atoms_train": self.max_atoms_train,
         }
         checkpoint["pairreg_schedule"] = {"lr_scale": self.lr_scale,
-                                          "budget_spent_s": self.budget.elapsed_s() if self.budget else None}
+                                          "budget_spent_s": self.train_clock.elapsed_s()}
         # RNG states, so a resumed run draws the same shuffles and noise as an uninterrupted one
         # (numpy's key array as a list: the checkpoint must load with weights_only=True)
         np_state = np.random.get_state()
@@ -218,8 +221,7 @@ class PropertyModule(L.LightningModule):
         random.seed(seed)
 
     def on_train_start(self):
-        if self.budget is not None:
-            self.budget.start()
+        self.train_clock.start()
 
     def steps_exhausted(self) -> bool:
         return self.cfg.step_budget is not None and self.global_step >= self.cfg.step_budget
@@ -234,15 +236,14 @@ class PropertyModule(L.LightningModule):
             self.trainer.should_stop = True  # Lightning still validates this last (partial) epoch
 
     def on_train_end(self):
-        if self.budget is not None:
-            self.budget.pause()
+        self.train_clock.pause()
 
     def on_load_checkpoint(self, checkpoint):
         schedule = checkpoint.get("pairreg_schedule")
         if schedule is not None:
             self.lr_scale = float(schedule["lr_scale"])
-            if self.budget is not None and schedule.get("budget_spent_s") is not None:
-                self.budget.spent_s = float(schedule["budget_spent_s"])
+            if schedule.get("budget_spent_s") is not None:  # None: a checkpoint from before the clock ran always
+                self.train_clock.spent_s = self.resumed_after_s = float(schedule["budget_spent_s"])
         state = checkpoint.get("pairreg_rng")
         if state is None:
             return

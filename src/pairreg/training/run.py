@@ -357,7 +357,9 @@ def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
         summary["optimizer_steps"] = trainer.global_step
         if module.budget is not None:
             summary["time_budget_min"] = cfg.time_budget_min
-            summary["training_time_s"] = round(module.budget.elapsed_s(), 1)
+        summary["training_time_s"] = round(module.train_clock.elapsed_s(), 1)  # every sitting's
+        if module.resumed_after_s:  # wall_time_s (below) is this sitting's alone
+            summary["earlier_sittings_training_s"] = round(module.resumed_after_s, 1)
         if cfg.step_budget is not None:
             summary["step_budget"] = cfg.step_budget
         summary["stopped_by"] = ("time_budget_min" if module.budget is not None and module.budget.exhausted()
