@@ -20,18 +20,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-
-def cell_cost(cell: dict) -> tuple[float, int]:
-    """(wall seconds, threads) of one finished cell, study or time-to-accuracy format."""
-    seconds = cell.get("cell_wall_time_s") or cell.get("wall_time_s") or cell.get("train_wall_time_s") \
-        or cell.get("training_time_s")
-    if seconds is not None and cell.get("training_time_s"):  # an old resumed cell's wall time is its last sitting's
-        seconds = max(seconds, cell["training_time_s"])
-    threads = (cell.get("torch_threads") or cell.get("threads") or (cell.get("config") or {}).get("threads")
-               or (cell.get("settings") or {}).get("threads"))  # the last: a MACE cell of time_to_accuracy
-    if seconds is None or not threads:
-        raise ValueError("no wall time or thread count")
-    return float(seconds), int(threads)
+from pairreg.bench.cost import cell_cost
 
 
 def identity(cell: dict) -> tuple:

@@ -484,6 +484,11 @@ def test_the_table_says_what_its_cells_cost_in_core_hours():
     assert last == ("Compute of these 2 cells: 1.5 core-hours (wall time × threads; 1 of them trained in another "
                     "study folder and copied with --reuse).")
     assert study_tables(study, results[:1]).endswith("Compute of this cell: 0.5 core-hours (wall time × threads).")
+    # a cell that kept no wall time is named as uncounted, not guessed at
+    untimed = [results[0], fake_result("none", 1, 3.0, 0.1, x=2)]
+    assert study_tables(study, untimed).splitlines()[-1] == (
+        "Compute of these 2 cells: 0.5 core-hours (wall time × threads; 1 without a recorded wall time or thread "
+        "count, not counted).")
 
 
 def test_welch_p_matches_the_textbook_case_and_needs_two_seeds():

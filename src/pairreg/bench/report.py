@@ -10,6 +10,7 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..training.module import FORCE_NAME, metric_name, parse_metric_name
+from .cost import cell_cost
 from .runner import SPEED_TOLERANCE, finite, probe_rates, saved_manifest, seed_stats, wall_budget_cells
 from .studies import Study, budget_amount, budget_unit, layers, row_label
 
@@ -295,16 +296,22 @@ def coordinate_ratio(result: dict) -> float:
 
 
 def compute_used(results: list[dict]) -> str:
-    """What the finished cells cost: each cell's wall time (its training, or the whole cell when longer) × its
-    threads, summed; cells copied with --reuse count too (their cost, wherever they were trained). Both times span a
-    resumed cell's sittings, except in cells recorded before 2026-12-07 without a wall budget: those count their
-    last sitting only."""
-    hours = sum(max(r.get("training_time_s") or 0, r.get("cell_wall_time_s") or 0) * (r.get("torch_threads") or 1)
-                for r in results) / 3600
+    """What the finished cells cost: each cell's wall time × its threads (`cost.cell_cost`), summed; cells copied
+    with --reuse count too (their cost, wherever they were trained)."""
+    core_seconds, unrecorded = 0.0, 0
+    for result in results:
+        try:
+            seconds, threads = cell_cost(result)
+        except ValueError:  # a cell that kept no wall time: say so rather than guess
+            unrecorded += 1
+            continue
+        core_seconds += seconds * threads
     copied = sum(bool(r.get("reused_from")) for r in results)
     cells = "this cell" if len(results) == 1 else f"these {len(results)} cells"
-    return (f"Compute of {cells}: {hours:.1f} core-hours (wall time × threads"
-            + (f"; {copied} of them trained in another study folder and copied with --reuse" if copied else "") + ").")
+    return (f"Compute of {cells}: {core_seconds / 3600:.1f} core-hours (wall time × threads"
+            + (f"; {copied} of them trained in another study folder and copied with --reuse" if copied else "")
+            + (f"; {unrecorded} without a recorded wall time or thread count, not counted" if unrecorded else "")
+            + ").")
 
 
 def study_tables(study: Study, results: list[dict], extra: list[str] | None = None) -> str:
