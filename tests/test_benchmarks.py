@@ -466,6 +466,32 @@ def test_step_budgets_interpolates_time_per_step_between_measured_depths(tmp_pat
         budgets.main([str(tmp_path)])
 
 
+def test_step_budgets_scales_the_reference_budget_by_a_speed_check(tmp_path, capsys):
+    """A row the old machine never ran: the reference's budget at that depth (measured or interpolated) times the
+    row's steps over the reference's in short side-by-side cells; what cannot be derived is said."""
+    budgets = _load("step_budgets")
+
+    def cell(folder, name, row, depth, steps, minutes):
+        (tmp_path / folder / "cells").mkdir(parents=True, exist_ok=True)
+        data = {"group": row, "x": depth, "seed": 0, "optimizer_steps": steps,
+                "config": {"time_budget_min": minutes, "step_budget": None}}
+        (tmp_path / folder / "cells" / f"{name}.json").write_text(json.dumps(data))
+
+    cell("old", "r2", "residual", 2, 80_000, 30)
+    cell("old", "r8", "residual", 8, 20_000, 30)  # t ∝ L: 4 layers interpolates to 40,000 steps
+    cell("check", "r4", "residual", 4, 1_000, 3)
+    cell("check", "g4", "g2", 4, 450, 3)
+    cell("check", "p8", "pairnorm", 8, 900, 3)  # no residual at 8 in the check: no ratio
+    cell("check", "g16", "g2", 16, 100, 3)
+    cell("check", "r16", "residual", 16, 250, 3)  # the old cells stop at 8: no reference budget
+    assert budgets.main([str(tmp_path / "old"), "--speed-check", str(tmp_path / "check")]) == 0
+    out = capsys.readouterr().out
+    assert "| g2 | 4 | 0.450 | 40,000 (interpolated) | 18,000 |" in out
+    assert "| pairnorm | 8 | – | – | no residual cell at 8 layers in the speed check |" in out
+    assert "| g2 | 16 | 0.400 | – | depth 16 is outside the measured depths" in out
+    assert "| residual | 4 |" not in out.split("Speed check")[1]  # the reference is not its own row
+
+
 def test_pool_cells_follows_one_row_across_depths(capsys):
     """--compare ROW@XA ROW@XB: the same row's cells at two depths, compared (2 seeds at 2 layers, 3 at 8 in the
     record), as `pairreg bench --compare` does within one folder."""
