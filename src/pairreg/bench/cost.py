@@ -8,9 +8,10 @@ from __future__ import annotations
 def cell_cost(cell: dict) -> tuple[float, int]:
     """(wall seconds, threads) of one finished cell, `pairreg bench` or time-to-accuracy format.
 
-    The wall time is the cell's (training plus evaluation) where it records one, else its training's. A resumed
-    cell's training time spans every sitting, while step-budget cells recorded before 2026-12-07 kept their last
-    sitting's wall time alone, so the longer of the two counts."""
+    The wall time is the cell's (training plus evaluation) where it records one, else its training's. Cells
+    resumed before 2026-12-07 recorded their last sitting's wall time alone, while a wall-budget cell's training
+    time already spanned every sitting, so the longer of the two counts (old step-budget cells resumed in a later
+    sitting kept neither, and stay undercounted)."""
     seconds = cell.get("cell_wall_time_s") or cell.get("wall_time_s") or cell.get("train_wall_time_s") \
         or cell.get("training_time_s")
     if seconds is not None and cell.get("training_time_s"):
