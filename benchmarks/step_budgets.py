@@ -74,15 +74,16 @@ def budget_at(per_cell: dict, budget_s: float, row: str, depth: float) -> tuple[
 def speed_check_budgets(per_cell: dict, budget_s: float, sources: list[str], reference: str) -> list[str]:
     """Table lines: each speed-checked row's budget, the reference's scaled by their step ratio at that depth."""
     checked, _ = steps_per_cell(sources)
+    mean = {key: sum(steps) / len(steps) for key, steps in checked.items()}
     lines = [f"\nSpeed check: steps relative to {reference}, side by side; budget = {reference}'s budget × ratio.\n",
              f"| row | depth | steps / {reference}'s | {reference}'s budget | budget |", "|---|---|---|---|---|"]
-    for (row, depth), steps in sorted(checked.items()):
+    for row, depth in sorted(checked):
         if row == reference:
             continue
         if (reference, depth) not in checked:
             lines.append(f"| {row} | {depth:g} | – | – | no {reference} cell at {depth:g} layers in the speed check |")
             continue
-        ratio = (sum(steps) / len(steps)) / (sum(checked[(reference, depth)]) / len(checked[(reference, depth)]))
+        ratio = mean[(row, depth)] / mean[(reference, depth)]
         try:
             _, base, how = budget_at(per_cell, budget_s, reference, depth)
         except ValueError as error:
