@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pool_cells import budget, load_cells, refuse_duplicate_seeds  # noqa: E402
 
 from pairreg.bench.report import _groups, _label, depth_table, mae_column, plot_mae_vs_depth  # noqa: E402
-from pairreg.training.module import FORCE_NAME  # noqa: E402
+from pairreg.training.metric_names import FORCE_NAME  # noqa: E402
 
 
 def depth_cells(sources: list[str]) -> list[dict]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pairreg.bench.report import _metric, compare_table
 from pairreg.cli.bench_cmd import _row_at_column
-from pairreg.training.module import FORCE_NAME
+from pairreg.training.metric_names import FORCE_NAME
 
 
 def cell_files(sources: list[str]) -> list[Path]:

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from pool_cells import load_cells  # noqa: E402
 
-from pairreg.bench.runner import wall_budget_cells  # noqa: E402
+from pairreg.bench.cell_results import wall_budget_cells  # noqa: E402
 
 
 def steps_per_cell(sources: list[str]) -> tuple[dict, float]:

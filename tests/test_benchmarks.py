@@ -596,3 +596,16 @@ def test_compute_used_counts_each_trained_cell_once_at_wall_time_times_threads(t
     write("broken", "x", {"cell": "x", "config": {}})
     with pytest.raises(SystemExit, match="broken/cells/x.json: not a finished cell"):
         used.tally([tmp_path / "broken"])
+
+
+def test_scripts_that_read_recorded_cells_start_without_torch():
+    """pool_cells, plot_depth, step_budgets and compute_used only read cells' JSON: importing them (and the report
+    code they share with `pairreg bench`) must not pull in torch or Lightning, ~10 s of start-up on a busy core."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import pool_cells, plot_depth, step_budgets, compute_used; "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'torch_geometric'}); "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", code, str(BENCHMARKS)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_atomic
-from ..training.module import FORCE_NAME, metric_name, parse_metric_name
+from ..training.metric_names import FORCE_NAME, metric_name, parse_metric_name
 from .cost import cell_cost
-from .runner import SPEED_TOLERANCE, finite, probe_rates, saved_manifest, seed_stats, wall_budget_cells
+from .cell_results import SPEED_TOLERANCE, finite, probe_rates, saved_manifest, seed_stats, wall_budget_cells
 from .studies import Study, budget_amount, budget_unit, layers, row_label
 
 MITIGATION_ORDER = ("none", "residual", "pairreg", "pairnorm", "g2")

@@ -19,17 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..atomic import write_atomic
 from ..config import ConfigError, load_config
 from ..training.run import RESUME_OVERRIDABLE, resume_config, train
+from .cell_results import (SPEED_TOLERANCE, finite, probe_rates, saved_manifest,  # noqa: F401  (re-exported)
+                           seed_stats, wall_budget_cells)
 from .studies import Cell, Study, budget_amount, layers
 
 PROBE_MOLECULES = 100  # first test molecules/frames on which per-layer oversmoothing measures are taken
-# Wall-budget cells whose machines' speed probes differ by more than this did not get the same training
-SPEED_TOLERANCE = 0.15
 
 
 def cell_file(out: Path, cell: Cell) -> Path:
@@ -59,13 +58,6 @@ def _what_it_computes(manifest: dict) -> dict:
     """The manifest without ``--set`` keys that only say how cells run (threads, accelerator, ...)."""
     extra = [o for o in manifest.get("extra_overrides", []) if o.split("=", 1)[0].strip() not in RUN_PLACE_KEYS]
     return {**manifest, "extra_overrides": extra}
-
-
-def saved_manifest(out: Path) -> dict:
-    """The study ``out`` holds, as its ``study.json`` says (``extra_overrides``: its ``--set``; ``row_overrides``: its
-    ``--row-set``, by row), or {} before its first sitting."""
-    path = Path(out) / "study.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def check_manifest(out: Path, study: Study, extra: list[str]) -> None:
@@ -204,16 +196,6 @@ def describe_cell(cell: Cell) -> str:
     return f"{cell.group}{where}, seed {cell.seed}"
 
 
-def wall_budget_cells(results: list[dict]) -> list[dict]:
-    """The cells trained to ``time_budget_min``: how far they got depends on the machine."""
-    return [r for r in results if (r.get("config") or {}).get("time_budget_min") is not None]
-
-
-def probe_rates(result: dict) -> list[float]:
-    """A cell's speed probes (force steps/s): one per sitting it trained in, none before pairreg kept them."""
-    return [p["force_steps_per_s"] for p in result.get("speed_probes") or []]
-
-
 def sitting_speed_note(finished: list[dict], rate_now: float) -> str | None:
     """Before a sitting trains wall-budget cells: a warning when the study's finished wall-budget cells ran more
     than SPEED_TOLERANCE away from this machine's speed now (``rate_now``: the speed probe, force steps/s), or
@@ -309,16 +291,3 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
         log(f"[bench {study.name}] all {len(study.cells)} cells finished; this sitting took "
             f"{(time.perf_counter() - t0) / 60:.1f} min")
     return load_results(out)
-
-
-def finite(values) -> np.ndarray:
-    """The finite values (float64), dropping None and NaN: cells without that metric."""
-    return np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-
-
-def seed_stats(values) -> tuple[float, float, int]:
-    """(mean, sample std (0 for one seed), n) of finite values."""
-    v = finite(values)
-    if not len(v):
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data import qm9
-from ..models.backbones import BACKBONES, STUDY_SETTINGS
+from ..config import BACKBONES
 
 PRESETS = ("cpu", "paper", "budget")
 DEPTHS = (1, 3, 5, 7, 9, 12)
@@ -245,6 +244,8 @@ PUBLISHED_RMD17 = {
 
 def backbone_overrides(backbone: str) -> tuple[str, ...]:
     """``--set`` overrides that give ``backbone`` its study settings (models/backbones STUDY_SETTINGS)."""
+    from ..models.backbones import STUDY_SETTINGS  # here, not at the top: reading finished studies needs no torch
+
     return (f"backbone={backbone}", *(f"{k}={v}" for k, v in STUDY_SETTINGS.get(backbone, {}).items()))
 
 
@@ -259,6 +260,8 @@ PUBLISHED_QM9_HOMO = {
 
 def _backbone_rows(study: Study, seeds: int | None, egnn_layers: int) -> Study:
     """Rows ``<backbone> none`` and ``<backbone> pairreg`` for every backbone at its study settings, 2 seeds."""
+    from ..models.backbones import STUDY_SETTINGS
+
     for backbone in BACKBONES:
         settings = backbone_overrides(backbone)
         layers_ = int(STUDY_SETTINGS.get(backbone, {}).get("n_layers", egnn_layers))
@@ -345,6 +348,8 @@ def qm9_table_study(preset: str, seeds: int | None = None) -> Study:
                                         (f"mitigation={mitigation}", f"seed={seed}"),
                                         _cost(mitigation, 9)))
         return study
+    from ..data import qm9  # here, not at the top: it imports torch
+
     targets = tuple(qm9.TARGET_NAMES)
     study = Study("qm9-table", preset, "qm9-paper", [], dataset="qm9", targets=targets)
     for target in targets:

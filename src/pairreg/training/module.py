@@ -12,24 +12,8 @@ from ..config import Config
 from ..models.model import build_model  # noqa: F401  (re-exported: checkpoint.py and tests use it here)
 from .callbacks import LrControl
 from .losses import NonFiniteLossError, force_loss, total_loss
+from .metric_names import FORCE_NAME, metric_name, parse_metric_name  # noqa: F401  (re-exported)
 from .schedules import PlateauScale, WallBudget, lr_factor, lr_factor_at  # noqa: F401  (lr_factor re-exported)
-
-FORCE_NAME = "forces"
-
-
-def metric_name(split: str, target: str, unit: str) -> str:
-    """e.g. ``val/homo_mae_meV``; units with '/' become '_per_' so names stay path-safe."""
-    return f"{split}/{target}_mae_{unit.replace('^', '').replace('/', '_per_')}"
-
-
-def parse_metric_name(key: str) -> tuple[str, str, str] | None:
-    """``"val/forces_mae_meV_per_Angstrom"`` → ``("val", "forces", "meV/Angstrom")``; None for other keys
-    (e.g. ``val/mae_std``, ``train/loss``)."""
-    split, _, rest = key.partition("/")
-    if "_mae_" not in rest:
-        return None
-    target, unit = rest.split("_mae_", 1)
-    return split, target, unit.replace("_per_", "/")
 
 
 def compiled_forward(model: torch.nn.Module):
