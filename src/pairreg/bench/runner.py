@@ -242,12 +242,15 @@ def load_results(out: Path) -> list[dict]:
 
 
 def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log=None,
-              reuse: list[str | Path] | None = None) -> list[dict]:
+              reuse: list[str | Path] | None = None, jobs: int = 1, launch=None) -> list[dict]:
     """Run every unfinished cell of ``study`` into ``out``; returns all finished cells' results.
 
     A cell whose configuration equals a finished cell in one of the ``reuse`` folders (say the
     ablation's 9-layer EGNN and PairReg, which the depth study already trained) is copied from
     there, marked ``reused_from``, instead of being trained again.
+
+    ``jobs`` > 1 trains that many cells at once, each in a worker process on cores of its own
+    (bench/parallel.py): ``launch(cell, cores, log_path)`` starts one (the CLI's ``--jobs``).
     """
     out, extra = Path(out), list(extra or [])
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -265,6 +268,9 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
         log(f"[bench {study.name}] {done_before} of {len(study.cells)} cells already finished in {out}; skipping them")
         if todo:
             _check_sitting_speed(study, todo, out, extra, log)
+    if jobs > 1 and todo:
+        _train_in_workers(study, todo, out, extra, jobs, launch, log)
+        return load_results(out)
     dataset = None
     if study.dataset == "qm9" and todo:
         from ..data import qm9
@@ -291,3 +297,19 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
         log(f"[bench {study.name}] all {len(study.cells)} cells finished; this sitting took "
             f"{(time.perf_counter() - t0) / 60:.1f} min")
     return load_results(out)
+
+
+def _train_in_workers(study: Study, todo: list[Cell], out: Path, extra: list[str], jobs: int, launch, log) -> None:
+    """``todo`` trained ``jobs`` at a time, each cell in a worker pinned to ``threads`` cores (its config's, 1 if
+    unset); each worker's output goes to ``out/logs/<cell>.log``."""
+    from .parallel import Task, run_in_parallel
+
+    if launch is None:
+        raise ValueError("run_study(jobs > 1) needs launch(cell, cores, log_path) to start a worker")
+    threads = max(cell_config(study, c, out, extra).threads or 1 for c in todo)
+    tasks = [Task(c, f"cell {c.key} ({describe_cell(c)})", out / "logs" / f"{c.key}.log") for c in todo]
+    t0 = time.perf_counter()
+    log(f"[bench {study.name}] {len(todo)} cell(s) to train, {jobs} at a time, {threads} thread(s) each")
+    run_in_parallel(tasks, jobs, threads, launch, lambda msg: log(f"[bench {study.name}] {msg}"))
+    log(f"[bench {study.name}] all {len(study.cells)} cells finished; this sitting took "
+        f"{(time.perf_counter() - t0) / 60:.1f} min")

@@ -8,7 +8,10 @@ rewrites the table and plots from the cells finished so far; ``--list`` prints t
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
+import subprocess
 import sys
 
 
@@ -42,6 +45,11 @@ def add_parser(sub):
                    help="run only these cells, by the keys --list prints (e.g. --cells pairreg-90min-s0): split a "
                         "study across cores or sittings, each part in its own --out, then join them with --reuse; they run in "
                         "the study's order (--list), not in the order given")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N cells at once, each in a process of its own pinned to its own CPU cores (as many "
+                        "as its threads; e.g. --jobs 2 --set threads=1 on 2 cores); each cell's output goes to "
+                        "OUT/logs/<cell>.log (default 1: one cell at a time, in this process)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # set by --jobs for its workers: cores to pin to, or "any"
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true", help="only write the table and plots from finished cells")
     mode.add_argument("--list", action="store_true", help="print the cells and which are finished, run nothing")
@@ -61,6 +69,8 @@ def run(args) -> int:
     from ..bench.studies import budget_amount, budget_unit, build_study, cell_keys
     from ..config import parse_overrides
 
+    if args.worker:  # a worker of --jobs: on the cores it was given, its one cell, no report (the parent writes it)
+        _pin_to(args.worker)
     extra = list(args.set)
     budget_min = budget_steps = None
     if args.study == "budget-check":  # its cells train for B and 3 B: --set gives B, not every cell's budget
@@ -102,7 +112,15 @@ def run(args) -> int:
         print(compare_table([r for r in load_results(out) if r["cell"] in keys], a, b,
                             depth_a=depth_a, depth_b=depth_b, **columns))
         return 0
-    results = load_results(out) if args.report else run_study(study, out, extra, reuse=args.reuse)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: give at least 1 (cells trained at once)")
+    if args.report:
+        results = load_results(out)
+    else:
+        results = run_study(study, out, extra, reuse=args.reuse, jobs=args.jobs,
+                            launch=lambda cell, cores, log_path: _launch_worker(args, out, cell.key, cores, log_path))
+    if args.worker:
+        return 0
     results = [r for r in results if r["cell"] in keys]
     for path in write_report(study, results, out):
         print(f"wrote {path}", file=sys.stderr)
@@ -150,3 +168,24 @@ def _row_at_column(name: str) -> tuple[str, float | None]:
         raise ValueError(f"--compare {name}: the number after @ must be a depth in layers (e.g. none@12) or, "
                          f"in budget-check, a budget (e.g. none@90 or none@7.5)")
     return row, int(x) if x.is_integer() else x
+
+
+def _launch_worker(args, out, key: str, cores: list[int] | None, log_path) -> subprocess.Popen:
+    """One ``--jobs`` worker: this command for the single cell ``key`` (the parent already copied --reuse cells),
+    pinned to ``cores``, its output appended to ``log_path``."""
+    command = [sys.executable, "-m", "pairreg", "bench", args.study, "--preset", args.preset, "--molecule",
+               args.molecule, "--out", str(out), "--cells", key, "--worker", ",".join(map(str, cores or [])) or "any"]
+    for flag, values in (("--depths", args.depths), ("--set", args.set), ("--row-set", args.row_set),
+                         ("--only", args.only)):
+        if values:
+            command += [flag, *map(str, values)]
+    if args.seeds is not None:
+        command += ["--seeds", str(args.seeds)]
+    with open(log_path, "a") as log_file:  # the worker keeps its own copy of the descriptor
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+
+
+def _pin_to(cores: str) -> None:
+    """Pin this process (and the threads torch starts later) to ``cores`` ("0,1"); "any" leaves it unpinned."""
+    if cores != "any":
+        os.sched_setaffinity(0, {int(c) for c in cores.split(",")})

@@ -62,6 +62,7 @@ def _first_line(err: BaseException) -> str:
 def describe_error(err: Exception) -> tuple[int, str]:
     """(exit status, the one line after ``pairreg CMD: ``) for an exception that ended a command."""
     from ..atomic import WriteError
+    from ..bench.parallel import CellsFailedError
     from ..config import ConfigError
     from ..data.qm9 import QM9Error
     from ..data.readers import InputError
@@ -72,6 +73,8 @@ def describe_error(err: Exception) -> tuple[int, str]:
         name = _loaded_file(err) or "a file this command read"
         return 2, (f"error: {name} is not a pairreg checkpoint or npz file, or it contains objects that are not "
                    "allowed (pickled Python objects); refusing to load it")
+    if isinstance(err, CellsFailedError):
+        return 1, f"error: {err}"  # each worker's own log says why
     if isinstance(err, (NonFiniteLossError, DivergenceError)):
         return 3, f"stopped: {err}"
     if isinstance(err, (ConfigError, InputError, QM9Error, FileNotFoundError, ValueError, WriteError)):

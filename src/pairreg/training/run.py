@@ -64,6 +64,8 @@ def environment(cfg: Config | None = None) -> dict:
         "cuda_available": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
+    if hasattr(os, "sched_getaffinity"):  # the cores it may run on: `bench --jobs` pins each cell to its own
+        env["cpu_affinity"] = sorted(os.sched_getaffinity(0))
     if torch.cuda.is_available():
         env["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         env["cuda_version"] = torch.version.cuda
