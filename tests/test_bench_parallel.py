@@ -67,6 +67,21 @@ def test_running_workers_are_stopped_when_starting_the_next_fails(tmp_path, monk
     assert started and all(w.poll() is not None for w in started)
 
 
+def test_list_plans_the_wall_time_of_jobs_at_once(tmp_path, capsys):
+    """budget-check at B = 10 minutes: three 10-minute cells, then three 30-minute ones, in that order; two at a time
+    the last 30-minute cell starts at 40 minutes and ends at 70."""
+    base = ["bench", "budget-check", "--preset", "budget", "--list", "--out", str(tmp_path), "--set",
+            "time_budget_min=10"]
+    assert main(base) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("(120 minutes of training, one run at a time)")
+    assert main([*base, "--jobs", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        "(120 minutes of training, 2 at a time: about 70 minutes of wall time)")
+    from pairreg.cli.bench_cmd import _makespan
+
+    assert _makespan([5, 5], 4) == 5 and _makespan([3, 1, 1, 1], 2) == 3 and _makespan([1, 1, 1, 3], 2) == 4
+
+
 def test_jobs_below_one_is_refused(tmp_path, capsys):
     assert main(["bench", "depth", "--depths", "3", "--out", str(tmp_path), "--jobs", "0", "--set", *TINY]) == 2
     assert "--jobs 0: give at least 1" in capsys.readouterr().err

@@ -98,7 +98,11 @@ def run(args) -> int:
         train = [c for c in todo if c not in copies]
         # to a wall budget the cost of what is left is known in advance: say it (a sitting's plan)
         minutes = [cell_config(study, c, out, extra).time_budget_min for c in train]
-        cost = f" ({sum(minutes):g} minutes of training, one run at a time)" if train and all(minutes) else ""
+        cost = ""
+        if train and all(minutes):
+            at_once = "one run at a time" if args.jobs <= 1 else \
+                f"{args.jobs} at a time: about {_makespan(minutes, args.jobs):g} minutes of wall time"
+            cost = f" ({sum(minutes):g} minutes of training, {at_once})"
         print(f"{len(study.cells) - len(todo)} done, {len(copies)} to copy (--reuse), {len(train)} to train{cost}")
         return 0
     keys = {c.key for c in study.cells}
@@ -189,3 +193,12 @@ def _pin_to(cores: str) -> None:
     """Pin this process (and the threads torch starts later) to ``cores`` ("0,1"); "any" leaves it unpinned."""
     if cores != "any":
         os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
+
+
+def _makespan(minutes: list[float], jobs: int) -> float:
+    """Wall time of cells lasting ``minutes`` when ``jobs`` run at once, each next one on the first worker free
+    (as ``--jobs`` schedules them, in the study's order)."""
+    workers = [0.0] * jobs
+    for m in minutes:
+        workers[workers.index(min(workers))] += m
+    return max(workers)
