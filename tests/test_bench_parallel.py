@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pairreg.bench import parallel
-from pairreg.bench.parallel import CellsFailedError, Task, core_slices, run_in_parallel
+from pairreg.bench.parallel import (CellsFailedError, Slot, Task, core_slices, run_in_parallel, visible_gpus,
+                                    worker_slots)
 from pairreg.cli.main import main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rmd17"
@@ -27,6 +28,57 @@ def test_core_slices_are_disjoint_and_too_many_jobs_are_refused_by_name():
         core_slices([0, 1], 0, 1)
 
 
+def test_workers_get_one_gpu_each_in_turn_from_those_this_process_sees(monkeypatch):
+    assert visible_gpus(2, {}) == ["0", "1"]
+    assert visible_gpus(2, {"CUDA_VISIBLE_DEVICES": "3, 5,7"}) == ["3", "5"]  # torch counts 2 of them usable
+    assert visible_gpus(0, {"CUDA_VISIBLE_DEVICES": ""}) == []
+    monkeypatch.setattr(parallel, "usable_cores", lambda: [0, 1, 2])
+    assert worker_slots(3, 1, ["3", "5"]) == [Slot([0], "3"), Slot([1], "5"), Slot([2], "3")]
+    assert worker_slots(2, 1) == [Slot([0]), Slot([1])]
+    monkeypatch.setattr(parallel, "usable_cores", lambda: None)  # no pinning here (macOS): GPUs still assigned
+    assert worker_slots(2, 4, ["0"]) == [Slot(None, "0"), Slot(None, "0")]
+
+
+def test_a_worker_sees_only_its_gpu_and_gpu_cells_with_several_devices_are_refused(tmp_path, monkeypatch):
+    """The runner on a (pretended) 2-GPU machine: accelerator=gpu cells go one per GPU, and the launched worker's
+    environment has CUDA_VISIBLE_DEVICES set to its GPU; devices=2 per cell with --jobs is refused by name."""
+    import torch
+
+    from pairreg.bench import runner
+    from pairreg.bench.studies import build_study
+    from pairreg.cli import bench_cmd
+
+    monkeypatch.setattr(parallel, "usable_cores", lambda: [0, 1])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    study = build_study("depth", "cpu", 1, "ethanol", [3], None, None)
+    study.only(["none", "pairreg"])
+    slots, envs = [], []
+
+    def launch(cell, slot, log_path):
+        slots.append(slot)
+        return _exit_with(0)
+
+    runner.run_study(study, tmp_path / "a", [*TINY, "threads=1", "accelerator=gpu"], log=lambda m: None, jobs=2,
+                     launch=launch)
+    assert sorted(s.gpu for s in slots) == ["0", "1"]
+    with pytest.raises(ValueError, match="devices > 1: each worker gets one GPU"):
+        runner.run_study(study, tmp_path / "b", [*TINY, "threads=1", "accelerator=gpu", "devices=2"],
+                         log=lambda m: None, jobs=2, launch=launch)
+
+    class Args:  # what `pairreg bench depth ... --jobs 2` parses to
+        study, preset, molecule, depths, seeds, set, row_set, only = "depth", "cpu", "ethanol", [3], 1, TINY, [], []
+
+    monkeypatch.setattr(bench_cmd.subprocess, "Popen", lambda command, **kw: envs.append((command, kw["env"])))
+    bench_cmd._launch_worker(Args, tmp_path, "none-L3-s0", Slot([1], "5"), tmp_path / "w.log")
+    bench_cmd._launch_worker(Args, tmp_path, "none-L3-s0", Slot(None), tmp_path / "w.log")
+    (command, env), (command_cpu, env_cpu) = envs
+    assert env["CUDA_VISIBLE_DEVICES"] == "5" and env_cpu is None  # None: the parent's environment, unchanged
+    assert command[command.index("--worker") + 1] == "1" and command_cpu[command_cpu.index("--worker") + 1] == "any"
+    assert command[command.index("--cells") + 1] == "none-L3-s0" and "--jobs" not in command
+
+
 def _exit_with(status: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({status})"])
 
@@ -37,13 +89,13 @@ def test_a_freed_workers_cores_go_to_the_next_cell_and_failures_are_named(tmp_pa
     monkeypatch.setattr(parallel, "usable_cores", lambda: [0, 1])
     given, lines = [], []
 
-    def launch(cell, cores, log_path):
-        given.append((cell, cores))
+    def launch(cell, slot, log_path):
+        given.append((cell, slot.cores))
         return _exit_with(1 if cell == "b" else 0)
 
     tasks = [Task(key, f"cell {key}", tmp_path / "logs" / f"{key}.log") for key in "abc"]
     with pytest.raises(CellsFailedError, match=r"1 of 3 cell\(s\) failed: cell b \(exit status 1; see .*b\.log\)"):
-        run_in_parallel(tasks, 2, 1, launch, lines.append)
+        run_in_parallel(tasks, worker_slots(2, 1), launch, lines.append)
     assert [c for c, _ in given] == ["a", "b", "c"]
     assert given[0][1] == [0] and given[1][1] == [1] and given[2][1] in ([0], [1])
     assert sum(line.startswith("finished") for line in lines) == 2 and any("FAILED cell b" in x for x in lines)
@@ -54,7 +106,7 @@ def test_running_workers_are_stopped_when_starting_the_next_fails(tmp_path, monk
     monkeypatch.setattr(parallel, "usable_cores", lambda: [0, 1])
     started = []
 
-    def launch(cell, cores, log_path):
+    def launch(cell, slot, log_path):
         if cell == "b":
             raise OSError("cannot start b")
         worker = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
@@ -63,7 +115,7 @@ def test_running_workers_are_stopped_when_starting_the_next_fails(tmp_path, monk
 
     tasks = [Task(key, key, tmp_path / f"{key}.log") for key in "ab"]
     with pytest.raises(OSError, match="cannot start b"):
-        run_in_parallel(tasks, 2, 1, launch, lambda line: None)
+        run_in_parallel(tasks, worker_slots(2, 1), launch, lambda line: None)
     assert started and all(w.poll() is not None for w in started)
 
 

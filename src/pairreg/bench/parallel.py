@@ -45,16 +45,37 @@ def core_slices(cores: list[int], jobs: int, threads: int) -> list[list[int]]:
     return [cores[k * threads:(k + 1) * threads] for k in range(jobs)]
 
 
-def run_in_parallel(tasks: list[Task], jobs: int, threads: int, launch, log) -> None:
-    """Run every task's cell (in order) with at most ``jobs`` at a time.
+class Slot(NamedTuple):
+    """Where one worker runs: the CPU cores it pins itself to (None: unpinned) and the GPU it sees (None: no GPU
+    given; else the value of CUDA_VISIBLE_DEVICES for it)."""
 
-    ``launch(cell, cores, log_path)`` starts one cell's worker process and returns its ``subprocess.Popen``;
-    ``cores`` is the list of cores it is to pin itself to (None where pinning is unavailable) and ``log_path``
-    the file its output goes to. Raises ``CellsFailedError`` after the last worker ends if any failed; on an
-    exception or Ctrl-C the running workers are stopped (SIGTERM: a cell resumes from its last checkpoint).
-    """
+    cores: list[int] | None
+    gpu: str | None = None
+
+
+def visible_gpus(count: int, environ=os.environ) -> list[str]:
+    """The ``count`` GPUs this process sees, as CUDA_VISIBLE_DEVICES entries a worker can be given one of."""
+    listed = [g.strip() for g in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return listed[:count] if "CUDA_VISIBLE_DEVICES" in environ else [str(k) for k in range(count)]
+
+
+def worker_slots(jobs: int, threads: int, gpus: list[str] | None = None) -> list[Slot]:
+    """One slot per worker: ``threads`` cores of its own each (where the OS can pin), and with ``gpus`` one GPU
+    each, in turn (more workers than GPUs share them: small cells may, large ones run out of memory)."""
     cores = usable_cores()
-    free = core_slices(cores, jobs, threads) if cores is not None else [None] * jobs
+    groups = core_slices(cores, jobs, threads) if cores is not None else [None] * jobs
+    return [Slot(group, gpus[k % len(gpus)] if gpus else None) for k, group in enumerate(groups)]
+
+
+def run_in_parallel(tasks: list[Task], slots: list[Slot], launch, log) -> None:
+    """Run every task's cell (in order), one worker per slot at a time.
+
+    ``launch(cell, slot, log_path)`` starts one cell's worker process on ``slot`` (its cores to pin itself to,
+    the GPU to see) and returns its ``subprocess.Popen``; ``log_path`` is the file its output goes to. Raises
+    ``CellsFailedError`` after the last worker ends if any failed; on an exception or Ctrl-C the running workers
+    are stopped (SIGTERM: a cell resumes from its last checkpoint).
+    """
+    free = list(slots)
     waiting, running, failed = list(tasks), {}, []
     ended: queue.Queue = queue.Queue()  # (worker, status), put by a thread per worker: no polling
 
@@ -69,8 +90,10 @@ def run_in_parallel(tasks: list[Task], jobs: int, threads: int, launch, log) -> 
                 worker = launch(task.cell, slot, task.log_path)
                 running[worker] = (task, slot)
                 threading.Thread(target=watch, args=(worker,), daemon=True).start()
-                where = f"core{'s' if len(slot) > 1 else ''} {','.join(map(str, slot))}" if slot else "any core"
-                log(f"started {task.label} on {where} (output: {task.log_path})")
+                cores = slot.cores
+                where = f"core{'s' if len(cores) > 1 else ''} {','.join(map(str, cores))}" if cores else "any core"
+                gpu = f", GPU {slot.gpu}" if slot.gpu is not None else ""
+                log(f"started {task.label} on {where}{gpu} (output: {task.log_path})")
             worker, status = ended.get()
             task, slot = running.pop(worker)
             free.append(slot)

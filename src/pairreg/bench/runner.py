@@ -249,8 +249,8 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
     ablation's 9-layer EGNN and PairReg, which the depth study already trained) is copied from
     there, marked ``reused_from``, instead of being trained again.
 
-    ``jobs`` > 1 trains that many cells at once, each in a worker process on cores of its own
-    (bench/parallel.py): ``launch(cell, cores, log_path)`` starts one (the CLI's ``--jobs``).
+    ``jobs`` > 1 trains that many cells at once, each in a worker process on cores of its own and, on GPUs, one
+    GPU each in turn (bench/parallel.py): ``launch(cell, slot, log_path)`` starts one (the CLI's ``--jobs``).
     """
     out, extra = Path(out), list(extra or [])
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -301,15 +301,25 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
 
 def _train_in_workers(study: Study, todo: list[Cell], out: Path, extra: list[str], jobs: int, launch, log) -> None:
     """``todo`` trained ``jobs`` at a time, each cell in a worker pinned to ``threads`` cores (its config's, 1 if
-    unset); each worker's output goes to ``out/logs/<cell>.log``."""
-    from .parallel import Task, run_in_parallel
+    unset) and, when the cells train on GPUs, seeing one GPU; each worker's output goes to ``out/logs/<cell>.log``."""
+    from .parallel import Task, run_in_parallel, visible_gpus, worker_slots
 
     if launch is None:
-        raise ValueError("run_study(jobs > 1) needs launch(cell, cores, log_path) to start a worker")
-    threads = max(cell_config(study, c, out, extra).threads or 1 for c in todo)
+        raise ValueError("run_study(jobs > 1) needs launch(cell, slot, log_path) to start a worker")
+    configs = [cell_config(study, c, out, extra) for c in todo]
+    threads = max(cfg.threads or 1 for cfg in configs)
+    gpus = None
+    if any(cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available()) for cfg in configs):
+        if max(cfg.devices for cfg in configs) > 1:
+            raise ValueError(f"--jobs {jobs} with devices > 1: each worker gets one GPU; set devices=1, or train "
+                             "one cell at a time on several GPUs (no --jobs)")
+        gpus = visible_gpus(torch.cuda.device_count())
+        if not gpus:
+            raise ValueError(f"--jobs {jobs} with accelerator=gpu, but PyTorch sees no CUDA GPU")
     tasks = [Task(c, f"cell {c.key} ({describe_cell(c)})", out / "logs" / f"{c.key}.log") for c in todo]
     t0 = time.perf_counter()
-    log(f"[bench {study.name}] {len(todo)} cell(s) to train, {jobs} at a time, {threads} thread(s) each")
-    run_in_parallel(tasks, jobs, threads, launch, lambda msg: log(f"[bench {study.name}] {msg}"))
+    on_gpus = f", on GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}" if gpus else ""
+    log(f"[bench {study.name}] {len(todo)} cell(s) to train, {jobs} at a time, {threads} thread(s) each{on_gpus}")
+    run_in_parallel(tasks, worker_slots(jobs, threads, gpus), launch, lambda msg: log(f"[bench {study.name}] {msg}"))
     log(f"[bench {study.name}] all {len(study.cells)} cells finished; this sitting took "
         f"{(time.perf_counter() - t0) / 60:.1f} min")

@@ -47,7 +47,8 @@ def add_parser(sub):
                         "the study's order (--list), not in the order given")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train N cells at once, each in a process of its own pinned to its own CPU cores (as many "
-                        "as its threads; e.g. --jobs 2 --set threads=1 on 2 cores); each cell's output goes to "
+                        "as its threads; e.g. --jobs 2 --set threads=1 on 2 cores) and, with accelerator=gpu, one GPU each in "
+                        "turn; each cell's output goes to "
                         "OUT/logs/<cell>.log (default 1: one cell at a time, in this process)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # set by --jobs for its workers: cores to pin to, or "any"
     mode = p.add_mutually_exclusive_group()
@@ -122,7 +123,7 @@ def run(args) -> int:
         results = load_results(out)
     else:
         results = run_study(study, out, extra, reuse=args.reuse, jobs=args.jobs,
-                            launch=lambda cell, cores, log_path: _launch_worker(args, out, cell.key, cores, log_path))
+                            launch=lambda cell, slot, log_path: _launch_worker(args, out, cell.key, slot, log_path))
     if args.worker:
         return 0
     results = [r for r in results if r["cell"] in keys]
@@ -174,19 +175,20 @@ def _row_at_column(name: str) -> tuple[str, float | None]:
     return row, int(x) if x.is_integer() else x
 
 
-def _launch_worker(args, out, key: str, cores: list[int] | None, log_path) -> subprocess.Popen:
+def _launch_worker(args, out, key: str, slot, log_path) -> subprocess.Popen:
     """One ``--jobs`` worker: this command for the single cell ``key`` (the parent already copied --reuse cells),
-    pinned to ``cores``, its output appended to ``log_path``."""
-    command = [sys.executable, "-m", "pairreg", "bench", args.study, "--preset", args.preset, "--molecule",
-               args.molecule, "--out", str(out), "--cells", key, "--worker", ",".join(map(str, cores or [])) or "any"]
+    pinned to ``slot.cores``, seeing only GPU ``slot.gpu`` when given, its output appended to ``log_path``."""
+    command = [sys.executable, "-m", "pairreg", "bench", args.study, "--preset", args.preset, "--molecule", args.molecule,
+               "--out", str(out), "--cells", key, "--worker", ",".join(map(str, slot.cores or [])) or "any"]
     for flag, values in (("--depths", args.depths), ("--set", args.set), ("--row-set", args.row_set),
                          ("--only", args.only)):
         if values:
             command += [flag, *map(str, values)]
     if args.seeds is not None:
         command += ["--seeds", str(args.seeds)]
+    env = None if slot.gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": slot.gpu}
     with open(log_path, "a") as log_file:  # the worker keeps its own copy of the descriptor
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
 
 def _pin_to(cores: str) -> None:
