@@ -714,10 +714,31 @@ def test_row_set_gives_one_row_its_own_settings_and_the_folder_remembers(tmp_pat
     ("residual:n_layers=4", "sets n_layers per cell"),
     ("residual:threads=2", "says how cells run"),
     ("residual:leraning_rate=4e-3", "unknown config key 'leraning_rate'"),
+    ("residual@5:lr=4e-3", "row residual has no cells at '5' in this study; it has 3"),
+    ("residual@three:lr=4e-3", "has no cells at 'three'"),
 ])
 def test_row_set_refuses_what_it_cannot_mean(tmp_path, capsys, item, message):
     assert main(["bench", "depth", "--depths", "3", "--out", str(tmp_path), "--list", "--row-set", item]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_row_set_at_a_depth_reaches_only_that_rows_cells_at_that_depth(tmp_path, capsys):
+    """``ROW@DEPTH:KEY=VALUE`` (a step budget per depth): after the row's own setting, only at that depth; listed with
+    its depth; the cells' configs are those a study of that depth alone gives (so --reuse joins them)."""
+    extra = [*TINY, "time_budget_min=null"]
+    study = build_study("depth", "budget", 1, "ethanol", [2, 8], None, None)
+    study.set_rows(["residual:lr=4e-3", "residual@8:lr=2e-3", "residual@8:step_budget=100", "none@2:lr=8e-3"])
+    configs = {c.key: runner.cell_config(study, c, tmp_path, extra) for c in study.cells}
+    assert configs["residual-L8-s0"].lr == 2e-3 and configs["residual-L8-s0"].step_budget == 100
+    assert configs["residual-L2-s0"].lr == 4e-3 and configs["residual-L2-s0"].step_budget is None
+    assert configs["none-L2-s0"].lr == 8e-3 and configs["none-L8-s0"].lr == configs["pairreg-L8-s0"].lr
+    alone = build_study("depth", "budget", 1, "ethanol", [8], None, None)
+    alone.set_rows(["residual:lr=4e-3", "residual:lr=2e-3", "residual:step_budget=100"])
+    cell = next(c for c in alone.cells if c.key == "residual-L8-s0")
+    assert runner.cell_config(alone, cell, tmp_path, extra) == configs["residual-L8-s0"]
+    assert study.row_settings() == "residual: lr=4e-3; residual@8: lr=2e-3 step_budget=100; none@2: lr=8e-3"
+    study.only(["none"])  # the rows' settings at depths it no longer has cells of are not listed
+    assert study.row_settings() == "none@2: lr=8e-3"
 
 
 def test_row_set_is_listed_and_reaches_only_that_rows_config(tmp_path, capsys):

@@ -37,7 +37,7 @@ def cell_file(out: Path, cell: Cell) -> Path:
 
 
 def cell_config(study: Study, cell: Cell, out: Path, extra: list[str]):
-    overrides = [*study.base_overrides, *cell.overrides, *extra, *study.row_overrides.get(cell.group, ()),
+    overrides = [*study.base_overrides, *cell.overrides, *extra, *study.cell_row_overrides(cell),
                  "progress=false", f"out={out / 'runs'}", f"name={cell.key}"]
     return load_config(study.base_preset, overrides)
 

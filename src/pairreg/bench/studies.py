@@ -135,16 +135,25 @@ class Study:
                  run_keys: tuple[str, ...] = ()) -> "Study":
         """``--row-set ROW:KEY=VALUE``: the override applies to the cells of that row only, after ``--set`` (so
         ``--set lr=1e-3 --row-set residual:lr=4e-3`` trains EGNN's residual at 4e-3 and the other rows at 1e-3: each
-        method at its tuned rate). Keys the study's grid sets (``grid_keys``) and keys of how cells run (``run_keys``:
-        threads, accelerator, ...) are refused."""
+        method at its tuned rate). ``ROW@X:KEY=VALUE`` applies to that row's cells at depth (or budget) X only, after
+        the row's own (``pairnorm@16:step_budget=11307``: a step budget per depth). Keys the study's grid sets
+        (``grid_keys``) and keys of how cells run (``run_keys``: threads, accelerator, ...) are refused."""
         from ..config import FIELDS, parse_overrides
 
         for item in items:
             row, colon, setting = item.partition(":")
             if not colon or "=" not in setting:
-                raise ValueError(f"--row-set {item!r}: expected ROW:KEY=VALUE (e.g. residual:lr=4e-3); "
-                                 f"rows: {', '.join(_safe(r) for r in self.rows())}")
+                raise ValueError(f"--row-set {item!r}: expected ROW:KEY=VALUE (e.g. residual:lr=4e-3) or "
+                                 f"ROW@DEPTH:KEY=VALUE; rows: {', '.join(_safe(r) for r in self.rows())}")
+            row, at, where = row.strip().rpartition("@") if "@" in row else (row.strip(), "", "")
             (group,) = self.resolve([row.strip()], "--row-set")
+            if at:
+                xs = sorted({c.x for c in self.cells if c.group == group and c.x is not None})
+                x = next((x for x in xs if str(x) == where.strip() or _number(where) == x), None)
+                if x is None:
+                    raise ValueError(f"--row-set {item!r}: row {_safe(group)} has no cells at {where.strip()!r} in "
+                                     f"this study; it has {', '.join(map(str, xs)) or 'none'}")
+                group = f"{group}@{x}"
             (key,) = parse_overrides([setting])
             if key not in FIELDS:
                 raise ValueError(f"--row-set {item!r}: unknown config key {key!r}")
@@ -157,9 +166,15 @@ class Study:
         return self
 
     def row_settings(self) -> str:
-        """``residual: lr=4e-3; pairreg: lr=2e-3`` (the ``--row-set`` overrides of the rows it has cells of)."""
-        return "; ".join(f"{_safe(row)}: {' '.join(sets)}" for row, sets in self.row_overrides.items()
-                         if row in self.rows())
+        """``residual: lr=4e-3; pairreg: lr=2e-3; pairreg@16: lr=1e-3`` (the ``--row-set`` overrides of the rows, or
+        rows at a depth, it has cells of)."""
+        have = {c.group for c in self.cells} | {f"{c.group}@{c.x}" for c in self.cells}
+        return "; ".join(f"{'@'.join(_safe(part) for part in row.split('@'))}: {' '.join(sets)}"
+                         for row, sets in self.row_overrides.items() if row in have)
+
+    def cell_row_overrides(self, cell: "Cell") -> list[str]:
+        """The ``--row-set`` overrides of ``cell``: its row's, then its row's at its depth (or budget)."""
+        return [*self.row_overrides.get(cell.group, ()), *self.row_overrides.get(f"{cell.group}@{cell.x}", ())]
 
     def describe(self) -> str:
         rows = f"; per row (--row-set) {settings}" if (settings := self.row_settings()) else ""
@@ -407,3 +422,11 @@ def _build(name: str, preset: str, seeds: int | None, molecule: str, budget_min:
     if name == "budget-check":
         return budget_check_study(preset, seeds, molecule, budget_min, budget_steps)
     return STUDIES[name](preset, seeds, molecule)
+
+
+def _number(text: str) -> float | None:
+    """``"16"`` → 16.0; None when ``text`` is not a number (``ROW@X`` of ``--row-set``)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None

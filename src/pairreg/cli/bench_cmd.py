@@ -34,7 +34,9 @@ def add_parser(sub):
                    help="extra config overrides for every cell (e.g. data_root=DIR accelerator=gpu)")
     p.add_argument("--row-set", nargs="+", default=[], metavar="ROW:KEY=VALUE",
                    help="an override for one row's cells only, applied after --set (e.g. --set lr=1e-3 --row-set "
-                        "residual:lr=4e-3 pairreg:lr=2e-3: each method at its own tuned rate); the table says so")
+                        "residual:lr=4e-3 pairreg:lr=2e-3: each method at its own tuned rate); ROW@DEPTH:KEY=VALUE "
+                        "only at that depth, after the row's own (e.g. pairnorm@16:step_budget=11307); the table "
+                        "says so")
     p.add_argument("--reuse", nargs="+", default=[], metavar="DIR",
                    help="other study folders whose finished cells with the same configuration are copied, "
                         "not trained again (e.g. the ablation reuses the depth study's 9-layer cells)")
