@@ -4,6 +4,8 @@ Runs the unfinished cells of a study (a finished cell is never re-run; an interr
 from its last checkpoint), then writes ``table.md`` and PNG plots into DIR. ``--report`` only
 rewrites the table and plots from the cells finished so far; ``--list`` prints the cells;
 ``--compare A B`` prints the evidence for a verdict (row B against row A, Welch's and the rank test's p over seeds).
+``--jobs N`` trains N cells at once, each in a worker process (this command for one cell, ``--worker``) pinned to
+cores of its own (bench/parallel.py).
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ def add_parser(sub):
                         "the study's order (--list), not in the order given")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train N cells at once, each in a process of its own pinned to its own CPU cores (as many "
-                        "as its threads; e.g. --jobs 2 --set threads=1 on 2 cores) and, with accelerator=gpu, one GPU each in "
-                        "turn; each cell's output goes to "
-                        "OUT/logs/<cell>.log (default 1: one cell at a time, in this process)")
+                        "as its threads; e.g. --jobs 2 --set threads=1 on 2 cores) and, with accelerator=gpu, one "
+                        "GPU each in turn; each cell's output goes to OUT/logs/<cell>.log (default 1: one cell at a "
+                        "time, in this process)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # set by --jobs for its workers: cores to pin to, or "any"
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true", help="only write the table and plots from finished cells")
@@ -180,8 +182,9 @@ def _row_at_column(name: str) -> tuple[str, float | None]:
 def _launch_worker(args, out, key: str, slot, log_path) -> subprocess.Popen:
     """One ``--jobs`` worker: this command for the single cell ``key`` (the parent already copied --reuse cells),
     pinned to ``slot.cores``, seeing only GPU ``slot.gpu`` when given, its output appended to ``log_path``."""
-    command = [sys.executable, "-m", "pairreg", "bench", args.study, "--preset", args.preset, "--molecule", args.molecule,
-               "--out", str(out), "--cells", key, "--worker", ",".join(map(str, slot.cores or [])) or "any"]
+    command = [sys.executable, "-m", "pairreg", "bench", args.study, "--preset", args.preset,
+               "--molecule", args.molecule, "--out", str(out), "--cells", key,
+               "--worker", ",".join(map(str, slot.cores or [])) or "any"]
     for flag, values in (("--depths", args.depths), ("--set", args.set), ("--row-set", args.row_set),
                          ("--only", args.only)):
         if values:
