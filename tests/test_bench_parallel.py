@@ -79,6 +79,19 @@ def test_a_worker_sees_only_its_gpu_and_gpu_cells_with_several_devices_are_refus
     assert command[command.index("--cells") + 1] == "none-L3-s0" and "--jobs" not in command
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_jobs_on_gpus_without_one_is_refused_before_any_worker_starts(tmp_path):
+    from pairreg.bench import runner
+    from pairreg.bench.studies import build_study
+
+    study = build_study("depth", "cpu", 1, "ethanol", [3], None, None)
+    started = []
+    with pytest.raises(ValueError, match="accelerator=gpu but PyTorch sees no CUDA GPU"):
+        runner.run_study(study, tmp_path, [*TINY, "threads=1", "accelerator=gpu"], log=lambda m: None, jobs=2,
+                         launch=lambda *a: started.append(a))
+    assert not started
+
+
 def _exit_with(status: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({status})"])
 
@@ -137,6 +150,8 @@ def test_list_plans_the_wall_time_of_jobs_at_once(tmp_path, capsys):
 def test_jobs_below_one_is_refused(tmp_path, capsys):
     assert main(["bench", "depth", "--depths", "3", "--out", str(tmp_path), "--jobs", "0", "--set", *TINY]) == 2
     assert "--jobs 0: give at least 1" in capsys.readouterr().err
+    assert main(["bench", "depth", "--depths", "3", "--out", str(tmp_path), "--jobs", "-2", "--list"]) == 2
+    assert "--jobs -2: give at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ import torch
 
 from ..atomic import write_atomic
 from ..config import ConfigError, load_config
+from ..devices import lightning_accelerator
 from ..training.run import RESUME_OVERRIDABLE, resume_config, train
 from .cell_results import (SPEED_TOLERANCE, finite, probe_rates, saved_manifest,  # noqa: F401  (re-exported)
                            seed_stats, wall_budget_cells)
@@ -309,13 +310,12 @@ def _train_in_workers(study: Study, todo: list[Cell], out: Path, extra: list[str
     configs = [cell_config(study, c, out, extra) for c in todo]
     threads = max(cfg.threads or 1 for cfg in configs)
     gpus = None
-    if any(cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available()) for cfg in configs):
+    # lightning_accelerator resolves "auto", and refuses accelerator=gpu on a machine without CUDA, as training would
+    if any(lightning_accelerator(cfg.accelerator) == "gpu" for cfg in configs):
         if max(cfg.devices for cfg in configs) > 1:
             raise ValueError(f"--jobs {jobs} with devices > 1: each worker gets one GPU; set devices=1, or train "
                              "one cell at a time on several GPUs (no --jobs)")
         gpus = visible_gpus(torch.cuda.device_count())
-        if not gpus:
-            raise ValueError(f"--jobs {jobs} with accelerator=gpu, but PyTorch sees no CUDA GPU")
     tasks = [Task(c, f"cell {c.key} ({describe_cell(c)})", out / "logs" / f"{c.key}.log") for c in todo]
     t0 = time.perf_counter()
     on_gpus = f", on GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}" if gpus else ""

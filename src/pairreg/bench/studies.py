@@ -145,11 +145,11 @@ class Study:
             if not colon or "=" not in setting:
                 raise ValueError(f"--row-set {item!r}: expected ROW:KEY=VALUE (e.g. residual:lr=4e-3) or "
                                  f"ROW@DEPTH:KEY=VALUE; rows: {', '.join(_safe(r) for r in self.rows())}")
-            row, at, where = row.strip().rpartition("@") if "@" in row else (row.strip(), "", "")
+            row, at, where = row.partition("@")
             (group,) = self.resolve([row.strip()], "--row-set")
             if at:
                 xs = sorted({c.x for c in self.cells if c.group == group and c.x is not None})
-                x = next((x for x in xs if str(x) == where.strip() or _number(where) == x), None)
+                x = next((x for x in xs if _number(where) == x), None)
                 if x is None:
                     raise ValueError(f"--row-set {item!r}: row {_safe(group)} has no cells at {where.strip()!r} in "
                                      f"this study; it has {', '.join(map(str, xs)) or 'none'}")

@@ -76,6 +76,8 @@ def run(args) -> int:
 
     if args.worker:  # a worker of --jobs: on the cores it was given, its one cell, no report (the parent writes it)
         _pin_to(args.worker)
+    if args.jobs < 1:  # before --list, which plans the wall time of --jobs N
+        raise ValueError(f"--jobs {args.jobs}: give at least 1 (cells trained at once)")
     extra = list(args.set)
     budget_min = budget_steps = None
     if args.study == "budget-check":  # its cells train for B and 3 B: --set gives B, not every cell's budget
@@ -121,8 +123,6 @@ def run(args) -> int:
         print(compare_table([r for r in load_results(out) if r["cell"] in keys], a, b,
                             depth_a=depth_a, depth_b=depth_b, **columns))
         return 0
-    if args.jobs < 1:
-        raise ValueError(f"--jobs {args.jobs}: give at least 1 (cells trained at once)")
     if args.report:
         results = load_results(out)
     else:
