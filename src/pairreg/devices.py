@@ -41,25 +41,33 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def shared_cpu_warning(threads: int, cpus: int | None = None, load: float | None = None) -> str | None:
+def shared_cpu_warning(threads: int, cpus: int | None = None, load: float | None = None,
+                       machine_cpus: int | None = None) -> str | None:
     """A warning when ``threads`` torch threads are about to share CPUs that other processes keep busy.
 
     torch's intra-op threads meet at a barrier after every operation, so one thread descheduled by another
     process stalls them all: on this project's 2-core machine, force training with 2 threads while another
     2-thread job ran made 1.3 steps/s instead of ~12 (docs/results.md). ``cpus`` defaults to the CPUs this
-    process may use, ``load`` to the 1-minute load average (runnable processes, ours not yet among them).
+    process may use, ``machine_cpus`` to all the machine's CPUs, ``load`` to the 1-minute load average
+    (runnable processes on the whole machine, ours not yet among them). The load average cannot say which
+    cores are busy, so a process pinned to some of them (``taskset``, ``bench --jobs``) counts the load as
+    filling the other cores first: a worker on free cores beside busy pinned ones is not warned.
     """
     if threads <= 1:
         return None
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if machine_cpus is None:
+        machine_cpus = os.cpu_count() or cpus
     if load is None:
         try:
             load = os.getloadavg()[0]
         except OSError:  # not available on this platform
             return None
-    if load + threads <= cpus + 0.5:
+    load_on_ours = max(0.0, load - max(0, machine_cpus - cpus))
+    if load_on_ours + threads <= cpus + 0.5:
         return None
-    return (f"threads={threads} on {cpus} CPU(s) already running ~{load:.1f} busy processes (1-minute load): "
+    where = f"{cpus} CPU(s)" if machine_cpus <= cpus else f"{cpus} of {machine_cpus} CPU(s)"
+    return (f"threads={threads} on {where} already running ~{load:.1f} busy processes (1-minute load): "
             "torch's threads wait for each other when they share cores, which can make training 10x slower; "
             "set threads=1, or run on free cores (taskset)")
