@@ -84,6 +84,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
                              timeout=300, env=_env())
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from checkpoints/last.ckpt" in resumed.stderr
+    # the earlier metrics.csv was kept as metrics.part1.csv, so Lightning's warning that it deletes it is not shown
+    assert (run / "logs" / "metrics.part1.csv").is_file()
+    assert "will be deleted" not in resumed.stderr and "LeafSpec" not in resumed.stderr, resumed.stderr[-2000:]
     a, b = _results(tmp_path / "straight"), _results(run)
     assert a.keys() == b.keys()
     for key in a:

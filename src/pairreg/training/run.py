@@ -243,6 +243,11 @@ def _ignore_known_warnings() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # workers are a config key of ours
     # The divergence guard's mid-epoch rollback skips a step by returning None, and says so on stderr itself.
     warnings.filterwarnings("ignore", ".*`training_step` returned `None`.*")
+    # On resume the earlier metrics.csv is kept as metrics.partN.csv before Lightning's CSV logger starts a new one
+    # (train), so its "previous log files ... will be deleted" does not happen to anything of ours.
+    warnings.filterwarnings("ignore", ".*Previous log files in this directory will be deleted.*")
+    # Lightning 2.6's own pytree helper on torch >= 2.10; nothing a user of ours can change.
+    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
 def train(cfg: Config, dataset=None, split=None, resume: bool = False) -> dict:
