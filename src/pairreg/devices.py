@@ -10,6 +10,8 @@ import os
 
 import torch
 
+from .cpu_cores import usable_cores
+
 ACCELERATORS = ("auto", "cpu", "gpu")
 
 
@@ -56,7 +58,7 @@ def shared_cpu_warning(threads: int, cpus: int | None = None, load: float | None
     if threads <= 1:
         return None
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = len(usable_cores() or []) or os.cpu_count() or 1
     if machine_cpus is None:
         machine_cpus = os.cpu_count() or cpus
     if load is None:

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..cpu_cores import usable_cores
+
 
 class Task(NamedTuple):
     """One cell to run in a worker: ``label`` for the progress lines, ``log_path`` for its output."""
@@ -27,11 +29,6 @@ class Task(NamedTuple):
 
 class CellsFailedError(RuntimeError):
     """Worker processes that ended with a non-zero status; the message names each cell and its log."""
-
-
-def usable_cores() -> list[int] | None:
-    """The CPU cores this process may run on, or None where the OS cannot pin processes (macOS, Windows)."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
 def core_slices(cores: list[int], jobs: int, threads: int) -> list[list[int]]:

@@ -21,6 +21,7 @@ import yaml
 from .. import __version__
 from ..atomic import make_dirs, write_atomic, write_error
 from ..config import Config, ConfigError, config_from_dict, dump_yaml
+from ..cpu_cores import usable_cores
 from ..devices import lightning_accelerator, shared_cpu_warning
 from .checkpoint import (CHECKPOINT_DIR, RESUME_KEYS, AtomicCheckpoint, CheckpointError, SafeCheckpointIO,
                          check_model_state, load_checkpoint, model_state)
@@ -64,8 +65,9 @@ def environment(cfg: Config | None = None) -> dict:
         "cuda_available": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
-    if hasattr(os, "sched_getaffinity"):  # the cores it may run on: `bench --jobs` pins each cell to its own
-        env["cpu_affinity"] = sorted(os.sched_getaffinity(0))
+    cores = usable_cores()
+    if cores is not None:  # the cores it may run on: `bench --jobs` pins each cell to its own
+        env["cpu_affinity"] = cores
     if torch.cuda.is_available():
         env["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         env["cuda_version"] = torch.version.cuda
