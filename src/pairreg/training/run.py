@@ -248,7 +248,7 @@ def _ignore_known_warnings() -> None:
     # On resume the earlier metrics.csv is kept as metrics.partN.csv before Lightning's CSV logger starts a new one
     # (train), so its "previous log files ... will be deleted" does not happen to anything of ours.
     warnings.filterwarnings("ignore", ".*Previous log files in this directory will be deleted.*")
-    # Lightning 2.6's own pytree helper on torch >= 2.10; nothing a user of ours can change.
+    # torch (2.13) deprecates a check inside Lightning (2.6) itself; nothing a user of ours can change.
     warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
