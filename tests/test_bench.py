@@ -290,6 +290,47 @@ def test_interrupted_cell_resumes_and_changed_settings_are_refused(tmp_path, mon
         runner.run_study(study, out, [*TINY[:-1], "hidden=16", TINY[-1]], log=lambda m: None)
 
 
+def test_reuse_copies_a_cell_cut_part_way_in_another_folder_and_resumes_it(tmp_path, monkeypatch):
+    """A sitting's end cut a cell in its own folder (a checkpoint, no result): --reuse of that folder copies the run
+    in and the cell resumes from the checkpoint, with the result it would have had there; the source is untouched."""
+    study = tiny_study()
+    study.cells = study.cells[:1]
+    part = tmp_path / "part"
+    finished = runner.run_study(study, part, TINY, log=lambda m: None)[0]
+    (part / "runs" / "none-L1-s0" / "metrics.json").unlink()  # as if cut after its last checkpoint
+    (part / "cells" / "none-L1-s0.json").unlink()
+    calls = []
+    real_train = runner.train
+    monkeypatch.setattr(runner, "train", lambda cfg, dataset=None, resume=False: calls.append(resume) or real_train(
+        cfg, dataset=dataset, resume=resume))
+    logs = []
+    joined = runner.run_study(study, tmp_path / "joined", TINY, log=logs.append, reuse=[part])[0]
+    assert calls == [True]  # resumed, not trained from scratch
+    assert any("copied the part-way run" in m and str(part / "runs" / "none-L1-s0") in m for m in logs)
+    for key, value in finished["test"].items():
+        assert joined["test"][key] == pytest.approx(value, rel=1e-6), key
+    assert not (part / "cells" / "none-L1-s0.json").exists() and not (part / "runs" / "none-L1-s0" / "metrics.json").exists()
+    assert not list((tmp_path / "joined" / "runs").glob(".*copying"))
+    # a run cut before its first checkpoint is not copied: the cell would train from scratch
+    (part / "runs" / "none-L1-s0" / "checkpoints" / "last.ckpt").unlink()
+    assert runner.adoptable_runs(study, study.cells, tmp_path / "other", TINY, [part]) == {}
+
+
+def test_list_names_a_part_way_run_reuse_would_resume(tmp_path, capsys):
+    study_args = ["bench", "depth", "--preset", "cpu", "--molecule", "ethanol", "--depths", "1", "--seeds", "1",
+                  "--only", "none", "--set", *TINY]
+    part = tmp_path / "part"
+    assert main([*study_args, "--out", str(part)]) == 0
+    (part / "runs" / "none-L1-s0" / "metrics.json").unlink()
+    (part / "cells" / "none-L1-s0.json").unlink()
+    capsys.readouterr()
+    assert main([*study_args, "--out", str(tmp_path / "joined"), "--reuse", str(part), "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    line = next(l for l in lines if "none-L1-s0" in l)
+    assert "to do" in line and line.endswith(f"<- resumes the part-way run {part / 'runs' / 'none-L1-s0'}")
+    assert lines[-1] == "0 done, 0 to copy (--reuse), 1 to train, 1 of them from part-way runs (--reuse)"
+
+
 def test_a_cell_records_a_rate_the_guard_lowered(tmp_path, monkeypatch):
     """The run's lr_scale (below 1 after a rollback or plateau) reaches the cell JSON, so a figure pooling cells can
     say that a cell trained at less than its configured rate; a cell at its full rate carries none."""

@@ -14,16 +14,19 @@ A cell interrupted mid-training resumes from its ``runs/<cell>/checkpoints/last.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..atomic import write_atomic
 from ..config import ConfigError, load_config
 from ..devices import lightning_accelerator
+from ..training.checkpoint import CHECKPOINT_DIR
 from ..training.run import RESUME_OVERRIDABLE, resume_config, train
 from .cell_results import (SPEED_TOLERANCE, finite, probe_rates, saved_manifest,  # noqa: F401  (re-exported)
                            seed_stats, wall_budget_cells)
@@ -154,10 +157,43 @@ def reusable_cells(folders: list[Path]) -> dict[str, Path]:
     """Finished cells of other study folders, by what they compute (``--reuse``)."""
     found = {}
     for folder in folders:
-        if not (folder / "cells").is_dir():
+        if not (folder / "cells").is_dir() and not (folder / "runs").is_dir():
             raise ConfigError(f"--reuse {folder}: no finished cells there (expected {folder / 'cells'}/*.json)")
         for path in sorted((folder / "cells").glob("*.json")):
             found.setdefault(config_identity(json.loads(path.read_text())["config"]), path)
+    return found
+
+
+def partway_runs(folders: list[Path]) -> dict[str, Path]:
+    """Cells of other study folders that a sitting's end cut (a checkpoint, no cell JSON), by what they compute:
+    ``--reuse`` copies such a run into this study, where the cell resumes from its checkpoint."""
+    found = {}
+    for folder in folders:
+        for run_dir in sorted(p for p in (folder / "runs").glob("*") if p.is_dir()):
+            if (folder / "cells" / f"{run_dir.name}.json").is_file():
+                continue  # finished: reusable_cells has it
+            if not (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file() and not (run_dir / "metrics.json").is_file():
+                continue  # stopped before its first checkpoint: nothing to keep
+            try:
+                config = yaml.safe_load((run_dir / "config.yaml").read_text())
+            except (OSError, yaml.YAMLError):
+                continue  # not a run this can resume; the cell trains from scratch instead
+            if isinstance(config, dict):
+                found.setdefault(config_identity(config), run_dir)
+    return found
+
+
+def adoptable_runs(study: Study, cells: list[Cell], out: Path, extra: list[str],
+                   reuse: list[str | Path] | None) -> dict[Cell, Path]:
+    """The ``cells`` (not started here) whose part-way run ``--reuse`` would copy in to resume: cell → that run."""
+    elsewhere = partway_runs([Path(f) for f in reuse or []])
+    found = {}
+    for cell in cells if elsewhere else []:
+        if (out / "runs" / cell.key).exists():
+            continue  # started here: it resumes its own run
+        source = elsewhere.get(config_identity(cell_config(study, cell, out, extra).to_dict()))
+        if source is not None:
+            found[cell] = source
     return found
 
 
@@ -264,6 +300,14 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
         reuse_cell(study, cell, out, config, source)
         todo.remove(cell)
         log(f"[bench {study.name}] {describe_cell(cell)}: reused {source} (same configuration)")
+    for cell, source in adoptable_runs(study, todo, out, extra, reuse).items():
+        # a copy through a temporary name, so that a copy cut half-way is never taken for a run to resume
+        partial = out / "runs" / f".{cell.key}.copying"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(source, partial)
+        os.replace(partial, out / "runs" / cell.key)
+        log(f"[bench {study.name}] {describe_cell(cell)}: copied the part-way run {source} (same configuration); "
+            "it resumes from its checkpoint")
     done_before = len(study.cells) - len(todo)
     if done_before:
         log(f"[bench {study.name}] {done_before} of {len(study.cells)} cells already finished in {out}; skipping them")

@@ -41,7 +41,8 @@ def add_parser(sub):
                         "says so")
     p.add_argument("--reuse", nargs="+", default=[], metavar="DIR",
                    help="other study folders whose finished cells with the same configuration are copied, "
-                        "not trained again (e.g. the ablation reuses the depth study's 9-layer cells)")
+                        "not trained again (e.g. the ablation reuses the depth study's 9-layer cells); a cell cut "
+                        "part-way there (a checkpoint, no result) is copied in and resumes here")
     p.add_argument("--only", nargs="+", default=[], metavar="ROW",
                    help="run only these rows of the table (mitigations or variants, e.g. --only none coord-only); "
                         "--list shows the rows")
@@ -69,8 +70,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..bench.report import compare_table, write_report
-    from ..bench.runner import (RUN_PLACE_KEYS, cell_config, cell_file, describe_cell, load_results, reuse_sources,
-                                run_study)
+    from ..bench.runner import (RUN_PLACE_KEYS, adoptable_runs, cell_config, cell_file, describe_cell, load_results,
+                                reuse_sources, run_study)
     from ..bench.studies import budget_amount, budget_unit, build_study, cell_keys
     from ..config import parse_overrides
 
@@ -98,9 +99,11 @@ def run(args) -> int:
         print(study.describe() + (f"; --set {' '.join(extra)}" if extra else ""))
         todo = [c for c in study.cells if not cell_file(out, c).is_file()]
         copies = reuse_sources(study, todo, out, extra, args.reuse)
+        partway = adoptable_runs(study, [c for c in todo if c not in copies], out, extra, args.reuse)
         for k, cell in enumerate(study.cells, 1):
             state = "to do" if cell in todo else "done "
             where = f"  <- copied from {copies[cell][1]}" if cell in copies else ""
+            where += f"  <- resumes the part-way run {partway[cell]}" if cell in partway else ""
             print(f"{k:3d}. {'reuse' if cell in copies else state}  {cell.key:28s} {describe_cell(cell)}{where}")
         train = [c for c in todo if c not in copies]
         # to a wall budget the cost of what is left is known in advance: say it (a sitting's plan)
@@ -110,7 +113,8 @@ def run(args) -> int:
             at_once = "one run at a time" if args.jobs <= 1 else \
                 f"{args.jobs} at a time: about {_makespan(minutes, args.jobs):g} minutes of wall time"
             cost = f" ({sum(minutes):g} minutes of training, {at_once})"
-        print(f"{len(study.cells) - len(todo)} done, {len(copies)} to copy (--reuse), {len(train)} to train{cost}")
+        resumed = f", {len(partway)} of them from part-way runs (--reuse)" if partway else ""
+        print(f"{len(study.cells) - len(todo)} done, {len(copies)} to copy (--reuse), {len(train)} to train{resumed}{cost}")
         return 0
     keys = {c.key for c in study.cells}
     if args.compare:
