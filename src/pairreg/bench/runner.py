@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..atomic import write_atomic
 from ..config import ConfigError, load_config
 from ..devices import lightning_accelerator
-from ..training.checkpoint import CHECKPOINT_DIR
 from ..training.run import RESUME_OVERRIDABLE, resume_config, train
 from .cell_results import (SPEED_TOLERANCE, finite, probe_rates, saved_manifest,  # noqa: F401  (re-exported)
                            seed_stats, wall_budget_cells)
@@ -172,14 +170,11 @@ def partway_runs(folders: list[Path]) -> dict[str, Path]:
         for run_dir in sorted(p for p in (folder / "runs").glob("*") if p.is_dir()):
             if (folder / "cells" / f"{run_dir.name}.json").is_file():
                 continue  # finished: reusable_cells has it
-            if not (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file() and not (run_dir / "metrics.json").is_file():
-                continue  # stopped before its first checkpoint: nothing to keep
             try:
-                config = yaml.safe_load((run_dir / "config.yaml").read_text())
-            except (OSError, yaml.YAMLError):
-                continue  # not a run this can resume; the cell trains from scratch instead
-            if isinstance(config, dict):
-                found.setdefault(config_identity(config), run_dir)
+                config = resume_config(run_dir)
+            except (FileNotFoundError, ConfigError):
+                continue  # no checkpoint yet, or a damaged config: nothing to resume; the cell trains from scratch
+            found.setdefault(config_identity(config.to_dict()), run_dir)
     return found
 
 

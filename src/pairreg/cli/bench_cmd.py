@@ -114,7 +114,8 @@ def run(args) -> int:
                 f"{args.jobs} at a time: about {_makespan(minutes, args.jobs):g} minutes of wall time"
             cost = f" ({sum(minutes):g} minutes of training, {at_once})"
         resumed = f", {len(partway)} of them from part-way runs (--reuse)" if partway else ""
-        print(f"{len(study.cells) - len(todo)} done, {len(copies)} to copy (--reuse), {len(train)} to train{resumed}{cost}")
+        print(f"{len(study.cells) - len(todo)} done, {len(copies)} to copy (--reuse), "
+              f"{len(train)} to train{resumed}{cost}")
         return 0
     keys = {c.key for c in study.cells}
     if args.compare:
