@@ -219,8 +219,10 @@ def test_cells_are_described_in_words():
 
 def test_run_study_writes_cells_table_plots_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "study"
-    results = runner.run_study(tiny_study(), out, TINY, log=lambda m: None)
+    first_logs = []
+    results = runner.run_study(tiny_study(), out, TINY, log=first_logs.append)
     assert sorted(r["cell"] for r in results) == ["none-L1-s0", "none-L2-s0"]
+    assert "all 2 cells finished; this sitting took" in first_logs[-1]
     saved = json.loads((out / "cells" / "none-L2-s0.json").read_text())
     assert saved["config"]["n_layers"] == 2 and saved["config"]["hidden"] == 8
     assert len(saved["diagnostics"]["dirichlet_h"]) == 3  # embedding + 2 layers
@@ -252,6 +254,7 @@ def test_run_study_writes_cells_table_plots_and_resumes(tmp_path, monkeypatch):
     logs = []
     again = runner.run_study(tiny_study(), out, TINY, log=logs.append)
     assert len(again) == 2 and "2 of 2 cells already finished" in logs[0]
+    assert not any("this sitting took" in m for m in logs)  # nothing was trained in it
     # a cell whose run finished but whose JSON was lost is rebuilt from metrics.json, not retrained
     (out / "cells" / "none-L1-s0.json").unlink()
     rebuilt = runner.run_study(tiny_study(), out, TINY, log=lambda m: None)

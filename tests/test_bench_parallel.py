@@ -60,9 +60,11 @@ def test_a_worker_sees_only_its_gpu_and_gpu_cells_with_several_devices_are_refus
         slots.append(slot)
         return _exit_with(0)
 
-    runner.run_study(study, tmp_path / "a", [*TINY, "threads=1", "accelerator=gpu"], log=lambda m: None, jobs=2,
+    logs = []
+    runner.run_study(study, tmp_path / "a", [*TINY, "threads=1", "accelerator=gpu"], log=logs.append, jobs=2,
                      launch=launch)
     assert sorted(s.gpu for s in slots) == ["0", "1"]
+    assert "all 2 cells finished; this sitting took" in logs[-1]
     with pytest.raises(ValueError, match="devices > 1: each worker gets one GPU"):
         runner.run_study(study, tmp_path / "b", [*TINY, "threads=1", "accelerator=gpu", "devices=2"],
                          log=lambda m: None, jobs=2, launch=launch)

@@ -334,9 +334,13 @@ def run_study(study: Study, out: str | Path, extra: list[str] | None = None, log
             paced_cost += cell.cost
         cost_left -= cell.cost
     if todo:
-        log(f"[bench {study.name}] all {len(study.cells)} cells finished; this sitting took "
-            f"{(time.perf_counter() - t0) / 60:.1f} min")
+        _log_sitting_done(study, t0, log)
     return load_results(out)
+
+
+def _log_sitting_done(study: Study, t0: float, log) -> None:
+    log(f"[bench {study.name}] all {len(study.cells)} cells finished; this sitting took "
+        f"{(time.perf_counter() - t0) / 60:.1f} min")
 
 
 def _train_in_workers(study: Study, todo: list[Cell], out: Path, extra: list[str], jobs: int, launch, log) -> None:
@@ -360,5 +364,4 @@ def _train_in_workers(study: Study, todo: list[Cell], out: Path, extra: list[str
     on_gpus = f", on GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}" if gpus else ""
     log(f"[bench {study.name}] {len(todo)} cell(s) to train, {jobs} at a time, {threads} thread(s) each{on_gpus}")
     run_in_parallel(tasks, worker_slots(jobs, threads, gpus), launch, lambda msg: log(f"[bench {study.name}] {msg}"))
-    log(f"[bench {study.name}] all {len(study.cells)} cells finished; this sitting took "
-        f"{(time.perf_counter() - t0) / 60:.1f} min")
+    _log_sitting_done(study, t0, log)
