@@ -181,21 +181,20 @@ def partway_runs(folders: list[Path]) -> dict[str, Path]:
 def adoptable_runs(study: Study, cells: list[Cell], out: Path, extra: list[str],
                    reuse: list[str | Path] | None) -> dict[Cell, Path]:
     """The ``cells`` (not started here) whose part-way run ``--reuse`` would copy in to resume: cell → that run."""
-    elsewhere = partway_runs([Path(f) for f in reuse or []])
-    found = {}
-    for cell in cells if elsewhere else []:
-        if (out / "runs" / cell.key).exists():
-            continue  # started here: it resumes its own run
-        source = elsewhere.get(config_identity(cell_config(study, cell, out, extra).to_dict()))
-        if source is not None:
-            found[cell] = source
-    return found
+    not_started = [c for c in cells if not (out / "runs" / c.key).exists()]  # a started cell resumes its own run
+    matches = _same_config(study, not_started, out, extra, partway_runs([Path(f) for f in reuse or []]))
+    return {cell: source for cell, (_, source) in matches.items()}
 
 
 def reuse_sources(study: Study, cells: list[Cell], out: Path, extra: list[str],
                   reuse: list[str | Path] | None) -> dict[Cell, tuple[dict, Path]]:
     """The ``cells`` that ``--reuse`` would copy: cell → (its config, the finished cell file with that config)."""
-    elsewhere = reusable_cells([Path(f) for f in reuse or []])
+    return _same_config(study, cells, out, extra, reusable_cells([Path(f) for f in reuse or []]))
+
+
+def _same_config(study: Study, cells: list[Cell], out: Path, extra: list[str],
+                 elsewhere: dict[str, Path]) -> dict[Cell, tuple[dict, Path]]:
+    """cell → (its config, the path in ``elsewhere``, keyed by config identity, that computes the same)."""
     found = {}
     for cell in cells if elsewhere else []:
         config = cell_config(study, cell, out, extra).to_dict()
